@@ -1,0 +1,43 @@
+# streamplat: `make serve` runs the server, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test test-unit lint typecheck bench clean system-deps
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	@touch $(STAMP)
+
+system-deps: ## install what the tests need outside Python (Node.js for the spec client), if missing
+	@command -v node >/dev/null 2>&1 || { echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
+
+serve: $(STAMP) ## run the server (all four ports) with ./config.toml
+	$(BIN)/streamplat serve
+
+test: $(STAMP) system-deps ## run every test (real FFmpeg, real HTTP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP) ## run the fast unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP) ## mypy --strict on src/
+	$(BIN)/mypy
+
+bench: $(STAMP) ## run the benchmarks (print numbers; slow)
+	$(BIN)/python bench/ingest_latency.py
+	$(BIN)/python bench/vod_packaging.py
+
+clean: ## remove the virtualenv and caches (not your data directory)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,7 @@
+"""`python -m streamplat`."""
+
+import sys
+
+from streamplat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Composition root: builds the platform's services and the four Litestar apps, one per port.
+
+This is the only module that knows every domain. `Platform` owns everything with a life
+(database engine, FFmpeg supervisor, VOD workers) and is entered once by `streamplat serve`
+around all four HTTP servers, so the ports share one database and one set of children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from types import TracebackType
+from typing import Any
+
+from litestar import Litestar
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from streamplat.auth import AuthService
+from streamplat.auth.controllers import auth_router
+from streamplat.auth.passwords import PasswordHashing
+from streamplat.auth.ratelimit import RateLimiter
+from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
+from streamplat.config import Settings
+from streamplat.db import create_engine, migrate, session_factory
+from streamplat.events import EventBus
+from streamplat.http import build_app
+
+log = logging.getLogger(__name__)
+
+SERVICES = {
+    "auth": "auth-service",
+    "main": "main-app",
+    "stream": "stream-app",
+    "vod": "vod-service",
+}
+
+
+class Platform:
+    """Everything the four apps share; an async context manager that starts and stops it all."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    auth: AuthService
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.rate_limiters = {
+            "login": RateLimiter(settings.rate_limit.login_per_minute, 60.0),
+            "register": RateLimiter(settings.rate_limit.register_per_minute, 60.0),
+        }
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Platform:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # The stack unwinds in reverse order of start: children and workers stop before the
+        # database they report to is closed.
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        s = self.settings
+        for path in (s.data_path, s.hls_path, s.recordings_path / "vod"):
+            path.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(s.database_url)
+        self._stack.push_async_callback(self.engine.dispose)
+        await migrate(self.engine)
+        self.sessions = session_factory(self.engine)
+        secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
+        passwords = PasswordHashing(s.auth.password_hash_threads)
+        self._stack.callback(passwords.close)
+        self.auth = AuthService(
+            self.sessions,
+            passwords,
+            TokenIssuer(secret, s.auth.access_token_ttl_seconds),
+            s.auth.refresh_token_ttl_seconds,
+        )
+        log.info("platform started data_dir=%s database=%s", s.data_path, _safe_url(s.database_url))
+
+    async def health_problem(self) -> str | None:
+        """None when healthy, else a short reason (database unreachable, data directory not writable)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"database unreachable: {type(exc).__name__}"
+        for path in (self.settings.data_path, self.settings.hls_path, self.settings.recordings_path):
+            try:
+                # os.access is not enough: root passes it for read-only mounts and full disks.
+                with tempfile.NamedTemporaryFile(dir=path, prefix=".health-"):
+                    pass
+            except OSError as exc:
+                return f"data directory not writable: {path} ({exc.strerror or exc})"
+        return None
+
+
+def _safe_url(url: str) -> str:
+    # Never log a database password.
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def build_apps(platform: Platform) -> dict[str, Litestar]:
+    """One Litestar app per port: auth, main, stream, vod."""
+    s = platform.settings.server
+    common: dict[str, Any] = {
+        "platform": platform,
+        "cors_origins": s.cors_origins,
+        "max_body_bytes": s.max_body_bytes,
+    }
+    return {
+        "auth": build_app(service=SERVICES["auth"], title="streamplat Auth service", route_handlers=[auth_router()], **common),
+        "main": build_app(service=SERVICES["main"], title="streamplat Main App", route_handlers=[], **common),
+        "stream": build_app(service=SERVICES["stream"], title="streamplat Stream App", route_handlers=[], **common),
+        "vod": build_app(service=SERVICES["vod"], title="streamplat VOD service", route_handlers=[], **common),
+    }
+
+
+def ports(settings: Settings) -> dict[str, int]:
+    """The configured port of each app."""
+    s = settings.server
+    return {"auth": s.auth_port, "main": s.main_port, "stream": s.stream_port, "vod": s.vod_port}
+
+
+__all__ = ["SERVICES", "Platform", "build_apps", "ports"]

@@ -1,0 +1,17 @@
+"""Users, passwords, tokens and the role guard every port uses."""
+
+from streamplat.auth.guards import authenticate, bearer_token, optional_principal, provide_principal, requires_login, requires_role
+from streamplat.auth.schemas import ROLES, Principal
+from streamplat.auth.services import AuthService
+
+__all__ = [
+    "ROLES",
+    "AuthService",
+    "Principal",
+    "authenticate",
+    "bearer_token",
+    "optional_principal",
+    "provide_principal",
+    "requires_login",
+    "requires_role",
+]

@@ -1,0 +1,138 @@
+"""Auth service HTTP endpoints (port 8082)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Router, get, patch, post
+from litestar.params import Parameter
+
+from streamplat.auth.guards import optional_principal, provide_principal, requires_role
+from streamplat.auth.schemas import (
+    LoginIn,
+    MessageOut,
+    Principal,
+    RefreshIn,
+    RegisterIn,
+    RegisterOut,
+    Role,
+    TokenPair,
+    TokenUser,
+    UserList,
+    UserOut,
+    UserUpdateIn,
+    ValidateOut,
+)
+from streamplat.auth.services import AuthService
+from streamplat.errors import RateLimited, responses
+from streamplat.validation import ValidatedBody
+
+
+def _auth(request: Request[Any, Any, Any]) -> AuthService:
+    service: AuthService = request.app.state.platform.auth
+    return service
+
+
+def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
+    limiter = request.app.state.platform.rate_limiters[limiter_name]
+    key = request.client.host if request.client else "unknown"
+    wait = limiter.hit(key)
+    if wait is not None:
+        seconds = max(1, int(wait + 0.999))
+        raise RateLimited(f"Too many requests; try again in {seconds} s", retry_after=seconds)
+
+
+@post(
+    "/auth/register",
+    dto=ValidatedBody[RegisterIn],
+    return_dto=None,
+    status_code=201,
+    responses=responses(400, 401, 403, 409, 422, 429),
+)
+async def register(request: Request[Any, Any, Any], data: RegisterIn) -> RegisterOut:
+    """Register a user (role viewer by default; admin only with an admin's token)."""
+    _rate_limit(request, "register")
+    actor = await optional_principal(request)
+    user = await _auth(request).register(data, actor)
+    return RegisterOut(message="User registered successfully", user=user)
+
+
+@post(
+    "/auth/login",
+    dto=ValidatedBody[LoginIn],
+    return_dto=None,
+    status_code=200,
+    responses=responses(400, 401, 403, 422, 429),
+)
+async def login(request: Request[Any, Any, Any], data: LoginIn) -> TokenPair:
+    """Log in with email and password; returns an access token and a refresh token."""
+    _rate_limit(request, "login")
+    return await _auth(request).login(data.email, data.password)
+
+
+@post(
+    "/auth/refresh",
+    dto=ValidatedBody[RefreshIn],
+    return_dto=None,
+    status_code=200,
+    responses=responses(400, 401, 422),
+)
+async def refresh(request: Request[Any, Any, Any], data: RefreshIn) -> TokenPair:
+    """Spend a refresh token for a new access and refresh token (each refresh token works once)."""
+    return await _auth(request).refresh(data.refresh_token)
+
+
+@post(
+    "/auth/logout",
+    dto=ValidatedBody[RefreshIn],
+    return_dto=None,
+    status_code=200,
+    responses=responses(400, 422),
+)
+async def logout(request: Request[Any, Any, Any], data: RefreshIn) -> MessageOut:
+    """Revoke a refresh token (log out this login everywhere it was refreshed)."""
+    await _auth(request).logout(data.refresh_token)
+    return MessageOut(message="Logged out")
+
+
+@get("/auth/validate", responses=responses(401))
+async def validate_token(principal: Principal) -> ValidateOut:
+    """Check an access token and return who it belongs to."""
+    return ValidateOut(valid=True, user=TokenUser(id=principal.id, username=principal.username, role=principal.role))
+
+
+@get("/auth/users", guards=[requires_role("admin")], responses=responses(401, 403, 422))
+async def list_users(
+    request: Request[Any, Any, Any],
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+    role: Role | None = None,
+) -> UserList:
+    """List users, paginated (admin only)."""
+    return await _auth(request).list_users(limit, offset, role)
+
+
+@patch(
+    "/auth/users/{user_id:int}",
+    guards=[requires_role("admin")],
+    dto=ValidatedBody[UserUpdateIn],
+    return_dto=None,
+    responses=responses(400, 401, 403, 404, 409, 422),
+)
+async def update_user(
+    request: Request[Any, Any, Any], user_id: int, data: UserUpdateIn, principal: Principal
+) -> UserOut:
+    """Change a user's role or active flag (admin only)."""
+    return await _auth(request).update_user(user_id, data, principal)
+
+
+def auth_router() -> Router:
+    """Every route of the Auth service."""
+    from litestar.di import Provide
+
+    return Router(
+        path="/",
+        route_handlers=[register, login, refresh, logout, validate_token, list_users, update_user],
+        dependencies={"principal": Provide(provide_principal)},
+        tags=["auth"],
+    )

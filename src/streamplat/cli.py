@@ -1,0 +1,165 @@
+"""`streamplat` command line: serve, create-admin, migrate, config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamplat import __version__
+from streamplat.config import ConfigError, Settings, load
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    config = args.config or os.environ.get("STREAMPLAT_CONFIG")
+    if config is None and Path("config.toml").is_file():
+        config = "config.toml"
+    overrides: dict[str, dict[str, object]] = {}
+    data_dir = args.data_dir or os.environ.get("STREAMPLAT_DATA_DIR")
+    if data_dir:
+        overrides["storage"] = {"data_dir": data_dir}
+    return load(config, overrides=overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from streamplat import logs
+    from streamplat.server import StartupError, serve
+
+    settings = _settings(args)
+    logs.configure(settings.logging.level, settings.logging.format)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"streamplat: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _create_admin(settings: Settings, email: str, username: str, password: str | None) -> str:
+    from streamplat.app import Platform
+    from streamplat.auth.schemas import RegisterIn
+    from streamplat.validation import validate
+
+    if password is not None:
+        validate(RegisterIn, {"email": email, "username": username, "password": password, "role": "admin"})
+    async with Platform(settings) as platform:
+        user, created = await platform.auth.create_admin(email, username, password)
+    return f"{'created' if created else 'promoted'} admin id={user.id} username={user.username} email={user.email}"
+
+
+def _cmd_create_admin(args: argparse.Namespace) -> int:
+    from streamplat.errors import DomainError, ValidationFailed
+
+    settings = _settings(args)
+    password = args.password or os.environ.get("STREAMPLAT_ADMIN_PASSWORD")
+    if password is None and sys.stdin.isatty():
+        password = getpass.getpass("Password for the new admin (6-128 characters): ")
+    try:
+        print(asyncio.run(_create_admin(settings, args.email, args.username, password or None)))
+    except ValidationFailed as exc:
+        for field, messages in exc.details.items():
+            print(f"streamplat: {field}: {', '.join(messages)}", file=sys.stderr)
+        return 2
+    except (DomainError, ValueError) as exc:
+        print(f"streamplat: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from streamplat.db import create_engine, migrate
+
+    settings = _settings(args)
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print(f"database at {settings.database_url} is up to date")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import msgspec
+
+    settings = _settings(args)
+    data = msgspec.to_builtins(settings)
+    if data.get("auth", {}).get("jwt_secret"):
+        data["auth"]["jwt_secret"] = "***"
+    print(msgspec.json.format(msgspec.json.encode(data)).decode())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `streamplat` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="config file (default: ./config.toml if present, or $STREAMPLAT_CONFIG)")
+    common.add_argument("--data-dir", metavar="DIR", help="data directory: database, HLS, recordings, secrets (overrides storage.data_dir)")
+
+    parser = argparse.ArgumentParser(
+        prog="streamplat",
+        description="Self-hostable live streaming: SRT in, HLS out, every stream recorded as a VOD.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamplat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the platform: auth, main, stream (HLS) and VOD listeners in one process",
+        description="Start the four listeners (auth 8082, main 8080, stream 9090, vod 8081 by default) "
+        "and run until SIGINT or SIGTERM.",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "create-admin",
+        parents=[common],
+        help="create an admin account, or promote an existing user to admin",
+        description="Create an admin (or promote the user with this email). The password comes from "
+        "--password, else $STREAMPLAT_ADMIN_PASSWORD, else a prompt.",
+    )
+    p.add_argument("--email", required=True, help="the admin's email (an existing user with it is promoted)")
+    p.add_argument("--username", required=True, help="username for a new admin (3-32 of letters, digits, _ . -)")
+    p.add_argument("--password", help="password (6-128 characters); prefer the prompt or the environment variable")
+    p.set_defaults(func=_cmd_create_admin)
+
+    p = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="apply database migrations and exit (serve does this on start too)",
+        description="Bring the database schema up to date.",
+    )
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser(
+        "config",
+        parents=[common],
+        help="print the effective configuration (file + environment) as JSON",
+        description="Load and validate the configuration and print it; the JWT secret is masked.",
+    )
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `streamplat` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"streamplat: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

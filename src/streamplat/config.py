@@ -1,0 +1,243 @@
+"""Settings: defaults -> config.toml -> STREAMPLAT_* environment -> validate.
+
+Config is data: `load()` runs once at start and the resulting `Settings` is passed to
+whatever needs it. Every key of config.toml can be overridden by an environment variable
+named `STREAMPLAT_<SECTION>__<KEY>` (double underscore between section and key), e.g.
+`STREAMPLAT_SERVER__MAIN_PORT=18080`. Environment values are parsed as TOML values when
+they parse (numbers, booleans, `["a", "b"]` lists) and taken as plain strings otherwise.
+Unknown keys and bad values stop the start with a `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "STREAMPLAT_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "localhost"
+    auth_port: int = 8082
+    main_port: int = 8080
+    stream_port: int = 9090
+    vod_port: int = 8081
+    public_host: str = "localhost"
+    cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    max_body_bytes: int = 1_048_576
+    shutdown_timeout_seconds: float = 15.0
+
+
+class StorageSettings(_Section):
+    data_dir: str = "./data"
+    database_url: str = ""
+
+
+class AuthSettings(_Section):
+    jwt_secret: str = ""
+    access_token_ttl_seconds: int = 3600
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    password_hash_threads: int = 2
+    allow_admin_self_registration: bool = False
+
+
+class RateLimitSettings(_Section):
+    login_per_minute: int = 10
+    register_per_minute: int = 10
+
+
+class FFmpegSettings(_Section):
+    binary: str = ""
+
+
+class IngestSettingsSection(_Section):
+    port_min: int = 10001
+    port_max: int = 10100
+    srt_bind_host: str = "0.0.0.0"
+    srt_latency_ms: int = 120
+    segment_seconds: float = 2.0
+    playlist_size: int = 6
+    reconnect_window_seconds: float = 300.0
+    max_restarts: int = 5
+    stop_timeout_seconds: float = 10.0
+
+
+class VodSettings(_Section):
+    workers: int = 2
+    job_timeout_seconds: float = 3600.0
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    ffmpeg: FFmpegSettings = msgspec.field(default_factory=FFmpegSettings)
+    ingest: IngestSettingsSection = msgspec.field(default_factory=IngestSettingsSection)
+    vod: VodSettings = msgspec.field(default_factory=VodSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+    # --- derived values (not keys) ---------------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.storage.data_dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        """The configured database URL, or a SQLite file in the data directory."""
+        return self.storage.database_url or f"sqlite+aiosqlite:///{self.data_path / 'streamplat.db'}"
+
+    @property
+    def hls_path(self) -> Path:
+        """Where live HLS playlists and segments are written."""
+        return self.data_path / "hls"
+
+    @property
+    def recordings_path(self) -> Path:
+        """Where finished recordings live (`<recordings>/vod/<stream_id>/video.mp4`)."""
+        return self.data_path / "recordings"
+
+    def ffmpeg_binary(self) -> str:
+        """The FFmpeg to run: the configured one, else the one shipped by imageio-ffmpeg."""
+        if self.ffmpeg.binary:
+            return self.ffmpeg.binary
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections = {f.name for f in msgspec.structs.fields(Settings)}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower()
+        if "__" not in path:
+            if path in {"config", "data_dir", "admin_password"}:  # CLI conveniences, read by the CLI
+                continue
+            raise ConfigError(f"{name}: expected STREAMPLAT_<SECTION>__<KEY>, e.g. STREAMPLAT_SERVER__MAIN_PORT")
+        section, key = path.split("__", 1)
+        if section not in sections:
+            raise ConfigError(f"{name}: unknown section {section!r} (known: {', '.join(sorted(sections))})")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section}: must be a table")
+        target[key] = _env_value(raw)
+
+
+def _convert_error(exc: msgspec.ValidationError) -> ConfigError:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.server.main_port`"; turn the path into the key name.
+    text = str(exc)
+    message, _, where = text.partition(" - at `$")
+    key = where.rstrip("`").lstrip(".") if where else ""
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        full = f"{key}.{field}" if key else field
+        return ConfigError(f"{full}: unknown key")
+    return ConfigError(f"{key or 'config'}: {message}")
+
+
+def _validate(settings: Settings) -> None:
+    s = settings.server
+    ports = {"server.auth_port": s.auth_port, "server.main_port": s.main_port,
+             "server.stream_port": s.stream_port, "server.vod_port": s.vod_port}
+    for key, port in ports.items():
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: {port} is not a TCP port (0-65535)")
+    used = [p for p in ports.values() if p != 0]
+    if len(used) != len(set(used)):
+        raise ConfigError(f"server ports must differ: {ports}")
+    if not s.public_host or any(c in s.public_host for c in "/?# "):
+        raise ConfigError(f"server.public_host: {s.public_host!r} is not a host name or address")
+    if s.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes: must be at least 1024")
+    a = settings.auth
+    if a.access_token_ttl_seconds < 60:
+        raise ConfigError("auth.access_token_ttl_seconds: must be at least 60")
+    if a.refresh_token_ttl_seconds < a.access_token_ttl_seconds:
+        raise ConfigError("auth.refresh_token_ttl_seconds: must not be shorter than the access token lifetime")
+    if a.jwt_secret and len(a.jwt_secret) < 32:
+        raise ConfigError("auth.jwt_secret: must be at least 32 characters (or empty to generate one)")
+    if not 1 <= a.password_hash_threads <= 32:
+        raise ConfigError("auth.password_hash_threads: must be between 1 and 32")
+    r = settings.rate_limit
+    for key, value in (("login_per_minute", r.login_per_minute), ("register_per_minute", r.register_per_minute)):
+        if value < 0:
+            raise ConfigError(f"rate_limit.{key}: must be 0 (unlimited) or more")
+    i = settings.ingest
+    if not 1 <= i.port_min <= i.port_max <= 65535:
+        raise ConfigError(f"ingest.port_min/port_max: {i.port_min}-{i.port_max} is not a valid port range")
+    try:
+        ipaddress.ip_address(i.srt_bind_host)
+    except ValueError:
+        raise ConfigError(f"ingest.srt_bind_host: {i.srt_bind_host!r} is not an IP address") from None
+    if not 0.5 <= i.segment_seconds <= 30:
+        raise ConfigError("ingest.segment_seconds: must be between 0.5 and 30")
+    if not 2 <= i.playlist_size <= 100:
+        raise ConfigError("ingest.playlist_size: must be between 2 and 100")
+    if i.reconnect_window_seconds < 0:
+        raise ConfigError("ingest.reconnect_window_seconds: must be 0 or more")
+    if i.max_restarts < 0:
+        raise ConfigError("ingest.max_restarts: must be 0 or more")
+    if i.stop_timeout_seconds <= 0:
+        raise ConfigError("ingest.stop_timeout_seconds: must be more than 0")
+    if not 1 <= settings.vod.workers <= 16:
+        raise ConfigError("vod.workers: must be between 1 and 16")
+    if settings.vod.job_timeout_seconds <= 0:
+        raise ConfigError("vod.job_timeout_seconds: must be more than 0")
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then the TOML file, then the environment, then `overrides`."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    _apply_env(data, environ)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _convert_error(exc) from None
+    _validate(settings)
+    return settings

@@ -1,0 +1,132 @@
+"""`streamplat serve`: one process, four HTTP listeners, one platform.
+
+Start order: bind every socket first (a port in use fails fast, before migrations or FFmpeg
+run), then start the platform, then serve. Stop order on SIGINT/SIGTERM: stop accepting and
+finish in-flight requests on all four servers, then close the platform (FFmpeg children
+stopped gracefully, VOD workers awaited, database closed), then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Generator, Iterator
+
+import uvicorn
+
+from streamplat.app import SERVICES, Platform, build_apps, ports
+from streamplat.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why (e.g. which port is taken)."""
+
+
+class _Server(uvicorn.Server):
+    # Four servers share one process, so signals are handled once, by `serve`, for all of them.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _addresses(host: str) -> list[tuple[socket.AddressFamily, str]]:
+    """The addresses to listen on: "localhost" means both 127.0.0.1 and ::1, so clients that
+    resolve localhost to either (Node 20's fetch prefers ::1) reach us."""
+    if host == "localhost":
+        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+    if host in ("*", ""):
+        return [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+    return [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+
+
+def bind_sockets(host: str, port: int, name: str) -> list[socket.socket]:
+    """Listening TCP sockets for one app; StartupError naming the port if it is taken."""
+    bound: list[socket.socket] = []
+    addresses = _addresses(host)
+    for family, address in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, port))
+            sock.listen(2048)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            # A machine without IPv6 still serves localhost over IPv4.
+            if family == socket.AF_INET6 and len(addresses) > 1 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                log.warning("IPv6 address %s unavailable; %s listens on IPv4 only", address, name)
+                continue
+            for s in bound:
+                s.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} ({name}) is already in use on {address}") from None
+            raise StartupError(f"cannot listen on {address}:{port} ({name}): {exc.strerror}") from None
+        bound.append(sock)
+    return bound
+
+
+@contextlib.contextmanager
+def _bound(settings: Settings) -> Iterator[dict[str, list[socket.socket]]]:
+    sockets: dict[str, list[socket.socket]] = {}
+    try:
+        for name, port in ports(settings).items():
+            sockets[name] = bind_sockets(settings.server.host, port, SERVICES[name])
+        yield sockets
+    finally:
+        for group in sockets.values():
+            for sock in group:
+                sock.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run the four listeners until SIGINT or SIGTERM."""
+    with _bound(settings) as sockets:
+        async with Platform(settings) as platform:
+            apps = build_apps(platform)
+            servers = {
+                name: _Server(
+                    uvicorn.Config(
+                        apps[name],
+                        lifespan="on",
+                        log_config=None,
+                        access_log=False,
+                        server_header=False,
+                        timeout_graceful_shutdown=int(settings.server.shutdown_timeout_seconds),
+                        ws_ping_interval=20.0,
+                        ws_ping_timeout=20.0,
+                    )
+                )
+                for name in apps
+            }
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            tasks = {name: asyncio.create_task(server.serve(sockets=sockets[name])) for name, server in servers.items()}
+            for name, group in sockets.items():
+                for sock in group:
+                    addr = sock.getsockname()
+                    log.info("%s listening on http://%s:%s", SERVICES[name], f"[{addr[0]}]" if ":" in addr[0] else addr[0], addr[1])
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([waiter, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                log.error("a listener stopped unexpectedly; shutting down")
+            else:
+                log.info("shutdown requested; finishing in-flight requests")
+            waiter.cancel()
+            # Every server stops accepting at once; each finishes its in-flight requests.
+            for server in servers.values():
+                server.should_exit = True
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            log.info("listeners closed; stopping streams, workers and the database")
+    log.info("streamplat stopped")

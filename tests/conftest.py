@@ -1,0 +1,59 @@
+"""Fixtures shared by every test: real servers on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.server import ServerProcess, make_server
+
+
+@pytest.fixture(name="server_factory")
+def fixture_server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers with extra environment; every one is stopped (or killed) at the end."""
+    started: list[ServerProcess] = []
+
+    def start(extra_env: dict[str, str] | None = None, name: str = "server", spec_ports: bool = False) -> ServerProcess:
+        srv = make_server(tmp_path, extra_env, name=f"{name}{len(started)}", spec_ports=spec_ports)
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in started:
+        try:
+            srv.stop()
+        except Exception:
+            srv.kill()
+
+
+@pytest.fixture(name="server", scope="module")
+def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server shared by a test module (tests use distinct usernames)."""
+    srv = make_server(tmp_path_factory.mktemp("srv")).start()
+    yield srv
+    code = srv.stop()
+    assert code == 0, srv.logs()
+
+
+@pytest.fixture(name="run_spec_client")
+def fixture_run_spec_client() -> Callable[..., list[dict[str, Any]]]:
+    """Run the spec's StreamingAPI class under Node.js: steps are [method, *args] lists."""
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is required for the spec client tests (make test installs it)")
+
+    def run(base_url: str, steps: list[list[Any]], token: str | None = None) -> list[dict[str, Any]]:
+        script = Path(__file__).parent / "js" / "run_client.mjs"
+        args = [node, str(script), base_url, json.dumps(steps)] + ([token] if token else [])
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    return run

@@ -1,0 +1,56 @@
+"""Config loading: defaults, file, environment, validation."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from streamplat.config import ConfigError, Settings, load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_documents_every_key_with_its_default() -> None:
+    shipped = tomllib.loads((ROOT / "config.toml").read_text())
+    defaults = msgspec.to_builtins(Settings())
+    assert set(shipped) == set(defaults)
+    for section, values in defaults.items():
+        assert set(shipped[section]) == set(values), section
+    assert load(ROOT / "config.toml", environ={}) == load(None, environ={})
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\nmain_port = 1234\n[ingest]\nsegment_seconds = 1\n')
+    s = load(cfg, environ={"STREAMPLAT_SERVER__MAIN_PORT": "4321", "STREAMPLAT_SERVER__CORS_ORIGINS": '["http://a"]'})
+    assert s.server.main_port == 4321 and s.ingest.segment_seconds == 1.0
+    assert s.server.cors_origins == ["http://a"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "needle"),
+    [
+        ({"STREAMPLAT_SERVER__NOPE": "1"}, "server.nope: unknown key"),
+        ({"STREAMPLAT_SERVER__MAIN_PORT": "x"}, "server.main_port"),
+        ({"STREAMPLAT_SERVER__MAIN_PORT": "70000"}, "server.main_port"),
+        ({"STREAMPLAT_SERVER__MAIN_PORT": "8082"}, "ports must differ"),
+        ({"STREAMPLAT_WHAT__X": "1"}, "unknown section"),
+        ({"STREAMPLAT_MAINPORT": "1"}, "STREAMPLAT_<SECTION>__<KEY>"),
+        ({"STREAMPLAT_AUTH__JWT_SECRET": "short"}, "auth.jwt_secret"),
+        ({"STREAMPLAT_INGEST__PORT_MIN": "20000", "STREAMPLAT_INGEST__PORT_MAX": "10000"}, "ingest.port_min"),
+        ({"STREAMPLAT_LOGGING__FORMAT": "xml"}, "logging.format"),
+    ],
+)
+def test_bad_values_name_the_key(environ: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        load(None, environ=environ)
+    assert needle in str(err.value)
+
+
+def test_default_database_lives_in_the_data_dir(tmp_path: Path) -> None:
+    s = load(None, environ={"STREAMPLAT_STORAGE__DATA_DIR": str(tmp_path)})
+    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path}/streamplat.db"
+    assert s.hls_path == tmp_path / "hls"
