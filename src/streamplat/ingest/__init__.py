@@ -1,0 +1,40 @@
+"""Ingest: SRT listeners (one FFmpeg per live stream) that remux publishers into live HLS.
+
+Other domains use only these names and the ingest events in `streamplat.events`.
+"""
+
+from streamplat.ingest.ffmpeg import (
+    PLAYLIST_NAME,
+    Progress,
+    build_listener_argv,
+    parse_progress_block,
+    segment_name,
+    segment_number,
+    validate_passphrase,
+)
+from streamplat.ingest.supervisor import (
+    IngestError,
+    IngestSettings,
+    IngestStatus,
+    IngestSupervisor,
+    ListenerAlreadyRunning,
+    SupervisorClosed,
+    finalise_playlist,
+)
+
+__all__ = [
+    "PLAYLIST_NAME",
+    "IngestError",
+    "IngestSettings",
+    "IngestStatus",
+    "IngestSupervisor",
+    "ListenerAlreadyRunning",
+    "Progress",
+    "SupervisorClosed",
+    "build_listener_argv",
+    "finalise_playlist",
+    "parse_progress_block",
+    "segment_name",
+    "segment_number",
+    "validate_passphrase",
+]

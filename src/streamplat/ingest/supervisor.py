@@ -1,0 +1,727 @@
+"""`IngestSupervisor`: one supervised FFmpeg SRT listener per live stream.
+
+Life of a stream's task (all tasks live in the supervisor's TaskGroup):
+
+    start() -> [salvage orphan segments] -> spawn FFmpeg -> ListenerStarted
+      first -progress block  -> PublisherConnected, then IngestProgress per block
+      FFmpeg exits after media  -> PublisherDisconnected, listener respawned at once on the same
+                                   port; the reconnect window starts
+      FFmpeg exits without media -> a failure: respawn after a backoff
+      too many failures in a row, or the reconnect window ran out -> IngestGaveUp, task ends
+    stop() -> SIGINT, bounded wait, SIGKILL -> playlist gets #EXT-X-ENDLIST
+
+Only `stop()` ends a stream's playlist. Leaving the `async with` block stops every FFmpeg
+gracefully but leaves the playlists open: a server restart is not the end of a stream, and
+the next `start()` on the same directory continues the playlist.
+
+This module owns processes and files under each stream's HLS directory; it never touches the
+database. Events go out on the `EventBus`; see `stop()` for calling back in from a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import logging
+import os
+import pathlib
+import shlex
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from streamplat.events import (
+    EventBus,
+    IngestGaveUp,
+    IngestProgress,
+    ListenerStarted,
+    PublisherConnected,
+    PublisherDisconnected,
+)
+from streamplat.ingest.ffmpeg import (
+    PLAYLIST_NAME,
+    Progress,
+    ProgressAccumulator,
+    RateWindow,
+    build_listener_argv,
+    clean_stderr_line,
+    describe_exit,
+    mask_secret,
+    parse_playlist,
+    plan_salvage,
+    playlist_with_segments,
+    segment_name,
+    ts_duration_seconds,
+    validate_passphrase,
+    with_endlist,
+)
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 30
+_STREAM_READER_LIMIT = 1 << 20  # a long FFmpeg line must not break line-based draining
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How listeners are run. Times in seconds unless the name says otherwise."""
+
+    ffmpeg_binary: str
+    srt_bind_host: str = "0.0.0.0"
+    segment_seconds: float = 2.0  # HLS segment target length (-hls_time)
+    playlist_size: int = 6  # entries in the sliding live playlist (-hls_list_size)
+    reconnect_window_seconds: float = 300.0  # how long a dropped publisher may take to return
+    # Restarts after consecutive failures (FFmpeg exiting without having received media);
+    # failure number max_restarts + 1 gives up.
+    max_restarts: int = 5
+    restart_backoff_initial: float = 0.5
+    restart_backoff_max: float = 10.0
+    stop_timeout_seconds: float = 10.0  # SIGINT -> wait this long -> SIGKILL
+    srt_latency_ms: int = 120
+    # SRT read timeout: a publisher silent this long counts as gone (libsrt alone waits 5 s).
+    # FFmpeg then needs about 1 s more to exit.
+    publisher_timeout_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    """A snapshot of one supervised stream, for status pages and the streams service."""
+
+    stream_id: str
+    port: int
+    ffmpeg_running: bool
+    publisher_connected: bool
+    started_at: float  # time.time() when start() was called
+    connected_at: float | None  # time.time() of the current publisher connection
+    restarts: int  # listener restarts so far (after disconnects and failures alike)
+    last_error: str | None  # last exit reason (code + last stderr lines), shown to users
+    bitrate_kbps: float | None
+    fps: float | None
+
+
+class IngestError(Exception):
+    """Base of the ingest supervisor's errors.
+
+    IngestError
+      ListenerAlreadyRunning  start() for a stream that is still supervised
+      SupervisorClosed        start() outside `async with supervisor:`
+    """
+
+
+class ListenerAlreadyRunning(IngestError):
+    """The stream already has a supervised listener."""
+
+
+class SupervisorClosed(IngestError):
+    """The supervisor is not running (not entered yet, or shutting down)."""
+
+
+# --- per-stream state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ProgressItem:
+    progress: Progress
+
+
+@dataclass(frozen=True, slots=True)
+class _Exited:
+    returncode: int
+
+
+@dataclass(frozen=True, slots=True)
+class _StopRequested:
+    pass
+
+
+_Item = _ProgressItem | _Exited | _StopRequested
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """How one listener run ended."""
+
+    received_media: bool
+    reason: str
+    reconnect_window_over: bool = False
+
+
+class _StreamLog(logging.LoggerAdapter[logging.Logger]):
+    """Puts `stream=<id>` in every message and `stream_id` in every record's extra."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        stream_id = str((self.extra or {})["stream_id"])
+        kwargs["extra"] = {**kwargs.get("extra", {}), "stream_id": stream_id}
+        return f"stream={stream_id.replace('%', '%%')} {msg}", kwargs
+
+
+class _Stream:
+    """Mutable state of one supervised stream; written only by its own task and stop()."""
+
+    def __init__(self, stream_id: str, port: int, passphrase: str, hls_dir: pathlib.Path) -> None:
+        self.stream_id = stream_id
+        self.port = port
+        self.passphrase = passphrase
+        self.hls_dir = hls_dir
+        self.started_at = time.time()
+        self.log = _StreamLog(log, {"stream_id": stream_id})
+        self.task: asyncio.Task[None] | None = None
+        self.inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self.stop_requested = False
+        self.terminate_lock = asyncio.Lock()
+        self.process: asyncio.subprocess.Process | None = None
+        self.publisher_connected = False
+        self.connected_at: float | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.bitrate_kbps: float | None = None
+        self.fps: float | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+
+    def request_stop(self) -> None:
+        """Ask the stream's task to end its listener and return (no more events)."""
+        if not self.stop_requested:
+            self.stop_requested = True
+            self.inbox.put_nowait(_StopRequested())
+
+    def status(self) -> IngestStatus:
+        process = self.process
+        return IngestStatus(
+            stream_id=self.stream_id,
+            port=self.port,
+            ffmpeg_running=process is not None and process.returncode is None,
+            publisher_connected=self.publisher_connected,
+            started_at=self.started_at,
+            connected_at=self.connected_at,
+            restarts=self.restarts,
+            last_error=self.last_error,
+            bitrate_kbps=self.bitrate_kbps,
+            fps=self.fps,
+        )
+
+
+class _SegmentMeter:
+    """Bytes of HLS media written since a listener started, from finished segment files.
+
+    FFmpeg reports `bitrate=N/A` for the HLS muxer, so the ingest bitrate is measured on disk.
+    The muxer writes each segment whole once it is complete, so the count grows in steps.
+    """
+
+    def __init__(self, directory: pathlib.Path, first_number: int) -> None:
+        self._directory = directory
+        self._number = first_number
+        self.total_bytes = 0
+
+    def update(self) -> bool:
+        """Count newly finished segments; True if there were any."""
+        grew = False
+        while True:
+            try:
+                size = (self._directory / segment_name(self._number)).stat().st_size
+            except OSError:
+                return grew
+            self.total_bytes += size
+            self._number += 1
+            grew = True
+
+
+# --- child process plumbing ---------------------------------------------------------------
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """libc for prctl(), loaded in the parent so the forked child never runs dlopen()."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def _die_with_parent(parent_pid: int, libc: ctypes.CDLL | None) -> None:
+    """preexec_fn: SIGKILL this child when the server dies, even by SIGKILL.
+
+    PDEATHSIG fires when the *thread* that forked exits, which is why children are spawned from
+    the event-loop thread (asyncio.create_subprocess_exec forks there).
+    """
+    if libc is not None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The server may have died between fork() and prctl(); then nobody would ever kill us.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
+    """Signal the child's process group (it leads its own session); gone already is fine."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+# --- HLS directory upkeep (blocking file I/O: run in a thread) ------------------------------
+
+
+def _salvage_segments(hls_dir: pathlib.Path, segment_seconds: float) -> list[int]:
+    """List segments a killed FFmpeg left outside the playlist; returns their numbers.
+
+    Without this, the next FFmpeg (append_list) would reuse their numbers and overwrite them.
+    """
+    playlist = hls_dir / PLAYLIST_NAME
+    try:
+        text: str | None = playlist.read_text()
+    except FileNotFoundError:
+        text = None
+    plan = plan_salvage(text, os.listdir(hls_dir))
+    if not plan.append:
+        return []
+    for source, target in plan.renames:
+        path = hls_dir / source
+        # A killed muxer may stop mid-packet; whole 188-byte packets keep the file clean TS.
+        size = path.stat().st_size
+        os.truncate(path, size - size % 188)
+        os.replace(path, hls_dir / target)
+    segments = []
+    for number in plan.append:
+        duration = ts_duration_seconds((hls_dir / segment_name(number)).read_bytes())
+        segments.append((number, duration if duration is not None else segment_seconds))
+    _write_atomically(playlist, playlist_with_segments(text, segments, segment_seconds))
+    return list(plan.append)
+
+
+def finalise_playlist(hls_dir: pathlib.Path, segment_seconds: float = 2.0) -> None:
+    """End a stream's playlist with #EXT-X-ENDLIST (atomically); no playlist, nothing to do.
+
+    Segments a killed FFmpeg left outside the playlist are listed first, so the playlist and
+    the recording keep them. Only for a stream with no FFmpeg running (after stop(), or for
+    streams left live by a crash). Blocking file I/O; `segment_seconds` is the duration
+    assumed for a salvaged segment whose timestamps cannot be read.
+    """
+    if not hls_dir.is_dir():
+        return
+    _salvage_segments(hls_dir, segment_seconds)
+    playlist = hls_dir / PLAYLIST_NAME
+    try:
+        text = playlist.read_text()
+    except FileNotFoundError:
+        return
+    ended = with_endlist(text)
+    if ended != text:
+        _write_atomically(playlist, ended)
+
+
+@dataclass(frozen=True, slots=True)
+class _HlsDirState:
+    """What a listener about to start finds in its HLS directory."""
+
+    playlist_exists: bool
+    next_number: int  # number of the next segment FFmpeg will write
+    salvaged: list[int]
+
+
+def _prepare_hls_dir(hls_dir: pathlib.Path, segment_seconds: float) -> _HlsDirState:
+    """Create the directory and list leftover segments so the next listener continues after them."""
+    hls_dir.mkdir(parents=True, exist_ok=True)
+    salvaged = _salvage_segments(hls_dir, segment_seconds)
+    try:
+        next_number = parse_playlist((hls_dir / PLAYLIST_NAME).read_text()).next_number
+    except FileNotFoundError:
+        return _HlsDirState(playlist_exists=False, next_number=0, salvaged=salvaged)
+    return _HlsDirState(playlist_exists=True, next_number=next_number, salvaged=salvaged)
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    """Replace `path` so that viewers read either the old or the new playlist, never half."""
+    temporary = path.with_name(f".{path.name}.streamplat.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+# --- the supervisor -----------------------------------------------------------------------
+
+
+class IngestSupervisor:
+    """Runs and watches one FFmpeg SRT listener per live stream; use as `async with`."""
+
+    def __init__(self, settings: IngestSettings, bus: EventBus) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._streams: dict[str, _Stream] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> IngestSupervisor:
+        if self._tasks is not None:
+            raise RuntimeError("IngestSupervisor is already running")
+        _libc()  # load before the first fork, see _die_with_parent
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._closing = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tasks = self._tasks
+        if tasks is None:
+            return None
+        # No new listeners from here on; a start() racing with shutdown gets SupervisorClosed.
+        self._closing = True
+        try:
+            # Ask every stream's task to SIGINT its FFmpeg, all at once, so shutdown takes at
+            # most one stop_timeout and not one per stream. Wait here rather than relying on
+            # the TaskGroup: if the `async with` body raised, the group would *cancel* the
+            # tasks, and cancellation only SIGKILLs (leaving a segment unfinished).
+            for stream in self._streams.values():
+                stream.request_stop()
+            pending = [s.task for s in self._streams.values() if s.task is not None]
+            if pending:
+                await asyncio.wait(pending)
+        finally:
+            self._streams.clear()
+            self._tasks = None
+            # Playlists are deliberately not ended: a shutdown is not the end of a stream.
+            await tasks.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def start(self, stream_id: str, port: int, passphrase: str, hls_dir: pathlib.Path) -> None:
+        """Start supervising a listener for the stream; returns once its task is scheduled.
+
+        An existing playlist in `hls_dir` is continued (same URL, numbering carries on).
+        Raises ListenerAlreadyRunning if the stream is still supervised, ValueError for a
+        passphrase SRT would refuse, SupervisorClosed outside `async with`.
+        """
+        if self._tasks is None or self._closing:
+            raise SupervisorClosed("the ingest supervisor is not running")
+        validate_passphrase(passphrase)
+        existing = self._streams.get(stream_id)
+        if existing is not None and existing.task is not None and not existing.task.done():
+            raise ListenerAlreadyRunning(f"stream {stream_id} already has a listener")
+        stream = _Stream(stream_id, port, passphrase, pathlib.Path(hls_dir))
+        self._streams[stream_id] = stream
+        stream.task = self._tasks.create_task(self._supervise(stream), name=f"ingest:{stream_id}")
+
+    async def stop(self, stream_id: str) -> None:
+        """Stop the stream's listener gracefully and end its playlist; unknown ids are a no-op.
+
+        FFmpeg gets SIGINT (so the muxer finishes the current segment and playlist), then up to
+        stop_timeout_seconds, then SIGKILL. Afterwards `hls_dir/stream.m3u8`, if it exists,
+        ends with #EXT-X-ENDLIST and the stream is no longer supervised.
+
+        Safe from event handlers: events are published from the stream's own task, and a
+        handler that calls stop() for that stream runs inside that task. stop() notices this
+        (the current task is the stream's task), terminates FFmpeg itself instead of awaiting
+        the task (which would wait for itself forever), and the task ends as soon as the
+        handler returns, publishing nothing more. From any other task, stop() asks the stream's
+        task to terminate FFmpeg and awaits it.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.request_stop()
+        task = stream.task
+        if task is not None and task is asyncio.current_task():
+            await self._terminate(stream)
+        elif task is not None:
+            # asyncio.wait rather than `await task`: never raises, and if our caller is
+            # cancelled the stream's task still finishes stopping FFmpeg on its own.
+            await asyncio.wait([task])
+        await asyncio.to_thread(finalise_playlist, stream.hls_dir, self._settings.segment_seconds)
+        if self._streams.get(stream_id) is stream:
+            del self._streams[stream_id]
+        stream.log.info("stopped; playlist ended")
+
+    def status(self, stream_id: str) -> IngestStatus | None:
+        """A snapshot of the stream's listener; None when the stream is not supervised.
+
+        A stream whose supervisor gave up stays visible (ffmpeg_running False, last_error set)
+        until stop() is called for it.
+        """
+        stream = self._streams.get(stream_id)
+        return stream.status() if stream is not None else None
+
+    def running_streams(self) -> list[str]:
+        """Ids of the streams whose listener is supervised right now (given-up ones excluded)."""
+        return [
+            stream_id
+            for stream_id, stream in self._streams.items()
+            if stream.task is not None and not stream.task.done()
+        ]
+
+    # --- the stream's task ----------------------------------------------------------------
+
+    async def _supervise(self, stream: _Stream) -> None:
+        """Body of a stream's task: run listeners until stopped or given up."""
+        try:
+            reason = await self._run_listeners(stream)
+        except Exception as exc:
+            # A bug here must not escape: the TaskGroup would cancel every other stream.
+            stream.log.exception("ingest supervisor failed")
+            reason = f"internal error in the ingest supervisor: {exc!r}"
+            if stream.process is not None:
+                _signal_group(stream.process, signal.SIGKILL)
+        if reason is None or stream.stop_requested:
+            return
+        stream.last_error = reason
+        stream.log.error("giving up: %s", reason)
+        await self._bus.publish(IngestGaveUp(stream_id=stream.stream_id, reason=reason))
+
+    async def _run_listeners(self, stream: _Stream) -> str | None:
+        """Respawn listeners as the rules say; returns why it gave up, or None when stopped."""
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        window_over_reason = f"no publisher reconnected within {settings.reconnect_window_seconds:g} s"
+        failures = 0
+        # loop.time() by which a dropped publisher must be back; None while none has dropped.
+        reconnect_deadline: float | None = None
+        first = True
+        while not stream.stop_requested:
+            if not first:
+                stream.restarts += 1
+            first = False
+            outcome = await self._run_listener(stream, reconnect_deadline)
+            if stream.stop_requested:
+                return None
+            if outcome.reconnect_window_over:
+                return window_over_reason
+            if outcome.received_media:
+                failures = 0
+                reconnect_deadline = loop.time() + settings.reconnect_window_seconds
+                await self._bus.publish(
+                    PublisherDisconnected(stream_id=stream.stream_id, reason=outcome.reason)
+                )
+                continue  # relisten at once: the publisher is probably reconnecting already
+            failures += 1
+            if failures > settings.max_restarts:
+                return f"FFmpeg failed {failures} times in a row; last: {outcome.reason}"
+            delay = min(settings.restart_backoff_initial * 2 ** (failures - 1), settings.restart_backoff_max)
+            if reconnect_deadline is not None:
+                delay = min(delay, max(0.0, reconnect_deadline - loop.time()))
+            stream.log.info("restarting listener in %.2f s (failure %d)", delay, failures)
+            with contextlib.suppress(TimeoutError):
+                # Only a stop request can arrive between two listeners.
+                await asyncio.wait_for(stream.inbox.get(), delay)
+            if reconnect_deadline is not None and loop.time() >= reconnect_deadline:
+                return window_over_reason
+        return None
+
+    async def _run_listener(self, stream: _Stream, reconnect_deadline: float | None) -> _Outcome:
+        """Run one FFmpeg listener from spawn to exit and publish what it reports."""
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        try:
+            hls = await asyncio.to_thread(_prepare_hls_dir, stream.hls_dir, settings.segment_seconds)
+        except OSError as exc:
+            # Counted as a failure like a crashing FFmpeg: a full disk may recover, and a
+            # permission problem ends in IngestGaveUp with this reason.
+            reason = f"cannot prepare the HLS directory {stream.hls_dir}: {exc}"
+            stream.last_error = reason
+            stream.log.error("%s", reason)
+            return _Outcome(received_media=False, reason=reason)
+        if hls.salvaged:
+            stream.log.warning("listed orphaned segments %s in the playlist", hls.salvaged)
+        argv = build_listener_argv(
+            ffmpeg_binary=settings.ffmpeg_binary,
+            bind_host=settings.srt_bind_host,
+            port=stream.port,
+            passphrase=stream.passphrase,
+            playlist_dir=str(stream.hls_dir),
+            segment_seconds=settings.segment_seconds,
+            playlist_size=settings.playlist_size,
+            latency_ms=settings.srt_latency_ms,
+            publisher_timeout_seconds=settings.publisher_timeout_seconds,
+            continue_playlist=hls.playlist_exists,
+        )
+        stream.log.info(
+            "starting listener on port %d (restart %d, next segment %d): %s",
+            stream.port,
+            stream.restarts,
+            hls.next_number,
+            shlex.join(mask_secret(argv, stream.passphrase)),
+        )
+        stream.stderr_tail.clear()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=_STREAM_READER_LIMIT,
+                # Own process group: a Ctrl-C in the server's terminal must not reach FFmpeg
+                # (we decide when it stops), and the whole group can be signalled at once.
+                start_new_session=True,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid(), _libc()),
+            )
+        except OSError as exc:
+            reason = f"could not start FFmpeg ({settings.ffmpeg_binary}): {exc}"
+            stream.last_error = reason
+            stream.log.error("%s", reason)
+            return _Outcome(received_media=False, reason=reason)
+
+        stream.process = process
+        started = loop.time()
+        stream.log.info("FFmpeg pid %d listening", process.pid)
+        received_media = False
+        window_over = False
+        meter = _SegmentMeter(stream.hls_dir, hls.next_number)
+        frame_rate = RateWindow(window_seconds=5.0)
+        # Sampled only when a segment completes, and over several segments, so that whole
+        # segments are counted and the steps do not show as jitter.
+        byte_rate = RateWindow(window_seconds=max(10.0, 3 * settings.segment_seconds))
+        try:
+            await self._bus.publish(
+                ListenerStarted(stream_id=stream.stream_id, port=stream.port, restart=stream.restarts)
+            )
+            async with asyncio.TaskGroup() as readers:
+                readers.create_task(self._drain(stream, process))
+                terminating = False
+                while True:
+                    if stream.stop_requested and not terminating:
+                        terminating = True
+                        # Concurrently, so this loop keeps consuming until FFmpeg has exited.
+                        readers.create_task(self._terminate(stream))
+                    timeout = None
+                    if reconnect_deadline is not None and not received_media and not terminating:
+                        timeout = max(0.0, reconnect_deadline - loop.time())
+                    try:
+                        item = await asyncio.wait_for(stream.inbox.get(), timeout)
+                    except TimeoutError:
+                        stream.log.info("reconnect window over; stopping the listener")
+                        window_over = terminating = True
+                        readers.create_task(self._terminate(stream))
+                        continue
+                    if isinstance(item, _Exited):
+                        break
+                    if not isinstance(item, _ProgressItem) or terminating:
+                        continue
+                    if not received_media and item.progress.has_media:
+                        received_media = True
+                        stream.publisher_connected = True
+                        stream.connected_at = time.time()
+                        stream.log.info("publisher connected")
+                        await self._bus.publish(PublisherConnected(stream_id=stream.stream_id))
+                    if received_media and not item.progress.ended and not stream.stop_requested:
+                        await self._report_progress(stream, item.progress, meter, frame_rate, byte_rate)
+        finally:
+            # Reached with FFmpeg still running only when this task is cancelled (abnormal
+            # shutdown): no time for a graceful stop, and the next start() salvages the
+            # unfinished segment.
+            _signal_group(process, signal.SIGKILL)
+            stream.process = None
+            stream.publisher_connected = False
+            stream.connected_at = None
+            stream.bitrate_kbps = None
+            stream.fps = None
+
+        reason = describe_exit(process.returncode, stream.stderr_tail)
+        stream.last_error = reason
+        level = logging.INFO if received_media or stream.stop_requested or window_over else logging.WARNING
+        stream.log.log(
+            level,
+            "listener ended after %.1f s (media received: %s): %s",
+            loop.time() - started,
+            received_media,
+            reason,
+        )
+        return _Outcome(received_media=received_media, reason=reason, reconnect_window_over=window_over)
+
+    async def _report_progress(
+        self,
+        stream: _Stream,
+        progress: Progress,
+        meter: _SegmentMeter,
+        frame_rate: RateWindow,
+        byte_rate: RateWindow,
+    ) -> None:
+        """Update the stream's numbers from one progress block and publish them."""
+        now = asyncio.get_running_loop().time()
+        if progress.frame is not None:
+            frame_rate.add(now, progress.frame)
+        if meter.update() or meter.total_bytes == 0:
+            byte_rate.add(now, meter.total_bytes)
+        fps = frame_rate.rate()
+        stream.fps = round(fps, 2) if fps is not None else None
+        if progress.bitrate_kbps is not None:
+            stream.bitrate_kbps = progress.bitrate_kbps
+        else:
+            bytes_per_second = byte_rate.rate()
+            stream.bitrate_kbps = round(bytes_per_second * 8 / 1000, 1) if bytes_per_second else None
+        await self._bus.publish(
+            IngestProgress(
+                stream_id=stream.stream_id,
+                bitrate_kbps=stream.bitrate_kbps,
+                fps=stream.fps,
+                out_time_seconds=progress.out_time_seconds,
+            )
+        )
+
+    async def _drain(self, stream: _Stream, process: asyncio.subprocess.Process) -> None:
+        """Read FFmpeg's stdout (progress) and stderr to the end, then report its exit.
+
+        Both pipes are always drained: FFmpeg blocks once a pipe buffer is full. The exit is
+        queued only after both reached EOF, so the consumer has seen every progress block and
+        the stderr tail is complete when it reads the exit.
+        """
+        assert process.stdout is not None and process.stderr is not None
+        stdout, stderr = process.stdout, process.stderr
+
+        async def read_progress() -> None:
+            blocks = ProgressAccumulator()
+            async for raw in _lines(stdout):
+                block = blocks.feed(raw.decode("utf-8", "replace"))
+                if block is not None:
+                    stream.inbox.put_nowait(_ProgressItem(block))
+
+        async def read_stderr() -> None:
+            async for raw in _lines(stderr):
+                line = clean_stderr_line(raw.decode("utf-8", "replace"), stream.passphrase)
+                if line:
+                    stream.stderr_tail.append(line)
+                    stream.log.debug("ffmpeg: %s", line)
+
+        await asyncio.gather(read_progress(), read_stderr())
+        returncode = await process.wait()
+        stream.inbox.put_nowait(_Exited(returncode))
+
+    async def _terminate(self, stream: _Stream) -> None:
+        """SIGINT the stream's FFmpeg, wait up to stop_timeout_seconds, then SIGKILL it."""
+        async with stream.terminate_lock:
+            process = stream.process
+            if process is None or process.returncode is not None:
+                return
+            timeout = self._settings.stop_timeout_seconds
+            # SIGINT, not SIGTERM-then-hope: FFmpeg treats it as "finish up", writing out the
+            # current segment and the playlist before exiting.
+            _signal_group(process, signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+                return
+            except TimeoutError:
+                stream.log.warning("FFmpeg ignored SIGINT for %.1f s; sending SIGKILL", timeout)
+            _signal_group(process, signal.SIGKILL)
+            await process.wait()
+
+
+async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Yield the reader's lines until EOF; an over-long line is cut rather than fatal."""
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # LimitOverrunError: longer than the reader limit
+            line = await reader.read(_STREAM_READER_LIMIT)
+        if not line:
+            return
+        yield line
