@@ -26,6 +26,11 @@ from streamplat.config import Settings
 from streamplat.db import create_engine, migrate, session_factory
 from streamplat.events import EventBus
 from streamplat.http import build_app
+from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
+from streamplat.streams import PortPool, StreamService, ViewerTracker
+from streamplat.streams.controllers import main_stream_router, stream_app_router
+from streamplat.vod import RecordingService
+from streamplat.vod.controllers import vod_router
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,9 @@ class Platform:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     auth: AuthService
+    supervisor: IngestSupervisor
+    streams: StreamService
+    recordings: RecordingService
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -85,7 +93,51 @@ class Platform:
             TokenIssuer(secret, s.auth.access_token_ttl_seconds),
             s.auth.refresh_token_ttl_seconds,
         )
-        log.info("platform started data_dir=%s database=%s", s.data_path, _safe_url(s.database_url))
+        ffmpeg = s.ffmpeg_binary()
+        i = s.ingest
+        self.supervisor = await self._stack.enter_async_context(
+            IngestSupervisor(
+                IngestSettings(
+                    ffmpeg_binary=ffmpeg,
+                    srt_bind_host=i.srt_bind_host,
+                    segment_seconds=i.segment_seconds,
+                    playlist_size=i.playlist_size,
+                    reconnect_window_seconds=i.reconnect_window_seconds,
+                    max_restarts=i.max_restarts,
+                    stop_timeout_seconds=i.stop_timeout_seconds,
+                    srt_latency_ms=i.srt_latency_ms,
+                ),
+                self.bus,
+            )
+        )
+        # Recordings start before streams and stop after them: streams stopped at shutdown
+        # still get their recording rows queued.
+        self.recordings = await self._stack.enter_async_context(
+            RecordingService(
+                self.sessions,
+                self.bus,
+                ffmpeg,
+                s.recordings_path,
+                workers=s.vod.workers,
+                job_timeout_seconds=s.vod.job_timeout_seconds,
+            )
+        )
+        # Viewers count while they fetched within the last three segments (at least 6 s), so
+        # a player between two segment fetches still counts.
+        window = max(6.0, 3 * i.segment_seconds)
+        self.streams = await self._stack.enter_async_context(
+            StreamService(
+                self.sessions,
+                self.bus,
+                self.supervisor,
+                PortPool(i.port_min, i.port_max),
+                ViewerTracker(window),
+                s.hls_path,
+                s.server.public_host,
+                lambda hls_dir: finalise_playlist(hls_dir, i.segment_seconds),
+            )
+        )
+        log.info("platform started data_dir=%s database=%s ffmpeg=%s", s.data_path, _safe_url(s.database_url), ffmpeg)
 
     async def health_problem(self) -> str | None:
         """None when healthy, else a short reason (database unreachable, data directory not writable)."""
@@ -122,9 +174,9 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
     }
     return {
         "auth": build_app(service=SERVICES["auth"], title="streamplat Auth service", route_handlers=[auth_router()], **common),
-        "main": build_app(service=SERVICES["main"], title="streamplat Main App", route_handlers=[], **common),
-        "stream": build_app(service=SERVICES["stream"], title="streamplat Stream App", route_handlers=[], **common),
-        "vod": build_app(service=SERVICES["vod"], title="streamplat VOD service", route_handlers=[], **common),
+        "main": build_app(service=SERVICES["main"], title="streamplat Main App", route_handlers=[main_stream_router()], **common),
+        "stream": build_app(service=SERVICES["stream"], title="streamplat Stream App", route_handlers=[stream_app_router()], **common),
+        "vod": build_app(service=SERVICES["vod"], title="streamplat VOD service", route_handlers=[vod_router()], **common),
     }
 
 

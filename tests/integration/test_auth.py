@@ -87,6 +87,10 @@ def test_openapi_schema_on_every_port_documents_errors(server: ServerProcess) ->
     for name in ("auth", "main", "stream", "vod"):
         r = server.client(name).get("/schema/openapi.json")
         assert r.status_code == 200, name
+    main_paths = server.main.get("/schema/openapi.json").json()["paths"]
+    assert "/api/streams" in main_paths and "/api/streams/{stream_id}/start" in main_paths
+    assert "/hls/{stream_id}/stream.m3u8" in server.stream.get("/schema/openapi.json").json()["paths"]
+    assert "/api/v1/recordings/{stream_id}" in server.vod.get("/schema/openapi.json").json()["paths"]
     paths = server.auth.get("/schema/openapi.json").json()["paths"]
     assert "/auth/register" in paths and "/auth/login" in paths
     register = paths["/auth/register"]["post"]

@@ -1,0 +1,208 @@
+"""Main App stream endpoints (port 8080) and the Stream App (port 9090: status and HLS)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, delete, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from streamplat.auth import Principal, provide_principal, requires_login, requires_role
+from streamplat.errors import NotFound, responses
+from streamplat.httpfiles import file_response
+from streamplat.streams.schemas import (
+    IngestStatusOut,
+    KeyRotated,
+    StreamCreate,
+    StreamCreated,
+    StreamDeleted,
+    StreamDetail,
+    StreamList,
+    StreamStarted,
+    StreamStatus,
+    StreamStopped,
+)
+from streamplat.streams.services import StreamService, is_stream_id, uptime_seconds
+from streamplat.streams.viewers import viewer_key
+from streamplat.validation import ValidatedBody
+
+Limit = Annotated[int, Parameter(ge=1, le=100, description="page size (default 50, max 100)")]
+Offset = Annotated[int, Parameter(ge=0, description="items to skip")]
+
+
+def provide_streams(request: Request[Any, Any, Any]) -> StreamService:
+    """Dependency: the stream service."""
+    service: StreamService = request.app.state.platform.streams
+    return service
+
+
+# --- Main App ------------------------------------------------------------------------------
+
+
+@post(
+    "/api/streams",
+    dto=ValidatedBody[StreamCreate],
+    return_dto=None,
+    status_code=201,
+    guards=[requires_role("streamer", "admin")],
+    responses=responses(400, 401, 403, 422),
+)
+async def create_stream(data: StreamCreate, principal: Principal, streams: StreamService) -> StreamCreated:
+    """Create a stream (streamers and admins)."""
+    return await streams.create_stream(data, principal)
+
+
+@get("/api/streams", guards=[requires_login], responses=responses(401, 403, 422))
+async def list_streams(
+    principal: Principal,
+    streams: StreamService,
+    status: StreamStatus | None = None,
+    user_id: Annotated[int | None, Parameter(ge=1, description="admins: only this user's streams")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> StreamList:
+    """The caller's streams, newest first (admins: everyone's, or one user's with user_id)."""
+    return await streams.list_streams(principal, status=status, user_id=user_id, limit=limit, offset=offset)
+
+
+@get("/api/streams/live", guards=[requires_login], responses=responses(401, 422))
+async def list_live_streams(
+    principal: Principal, streams: StreamService, limit: Limit = 50, offset: Offset = 0
+) -> StreamList:
+    """Every live stream (waiting or active) of every user, for a viewer's home page."""
+    return await streams.list_streams(principal, status=None, user_id=None, limit=limit, offset=offset, live_only=True)
+
+
+@get("/api/streams/{stream_id:str}", guards=[requires_login], responses=responses(401, 404))
+async def get_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamDetail:
+    """One stream; srt_url and stream_key are shown to its owner and admins only."""
+    return await streams.get_stream(stream_id, principal)
+
+
+@post(
+    "/api/streams/{stream_id:str}/start",
+    status_code=200,
+    guards=[requires_login],
+    responses=responses(401, 403, 404, 409, 503),
+)
+async def start_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamStarted:
+    """Open the stream's SRT listener; point OBS at the returned srt_url."""
+    return await streams.start_stream(stream_id, principal)
+
+
+@post(
+    "/api/streams/{stream_id:str}/stop",
+    status_code=200,
+    guards=[requires_login],
+    responses=responses(401, 403, 404, 409),
+)
+async def stop_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamStopped:
+    """Stop the stream; its recording is processed in the background."""
+    return await streams.stop_stream(stream_id, principal)
+
+
+@post(
+    "/api/streams/{stream_id:str}/rotate-key",
+    status_code=200,
+    guards=[requires_login],
+    responses=responses(401, 403, 404, 409),
+)
+async def rotate_key(stream_id: str, principal: Principal, streams: StreamService) -> KeyRotated:
+    """Replace the stream's SRT passphrase (not while live)."""
+    return await streams.rotate_key(stream_id, principal)
+
+
+@delete("/api/streams/{stream_id:str}", status_code=200, guards=[requires_login], responses=responses(401, 403, 404))
+async def delete_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamDeleted:
+    """Delete the stream (a live one is stopped first); its recording stays."""
+    return await streams.delete_stream(stream_id, principal)
+
+
+def main_stream_router() -> Router:
+    """Stream routes of the Main App."""
+    return Router(
+        path="/",
+        route_handlers=[create_stream, list_streams, list_live_streams, get_stream, start_stream, stop_stream,
+                        rotate_key, delete_stream],
+        dependencies={"principal": Provide(provide_principal), "streams": Provide(provide_streams, sync_to_thread=False)},
+        tags=["streams"],
+    )
+
+
+# --- Stream App ----------------------------------------------------------------------------
+
+SEGMENT_NAME = re.compile(r"^segment_\d{1,12}\.ts$")
+PLAYLIST_HEADERS = {"Cache-Control": "no-cache, no-store"}
+
+
+@get("/stream/{stream_id:str}/status", responses=responses(404))
+async def ingest_status(stream_id: str, streams: StreamService) -> IngestStatusOut:
+    """What the stream's FFmpeg listener is doing right now."""
+    status, _, _ = await streams.stream_status(stream_id)
+    ingest = streams.ingest_status(stream_id)
+    hls_dir = streams.hls_dir(stream_id)
+    files = sum(1 for _ in hls_dir.glob("segment_*.ts")) if hls_dir.is_dir() else 0
+    detail = await streams.get_stream(stream_id, Principal(0, "", "viewer"))
+    return IngestStatusOut(
+        stream_id=stream_id,
+        status=status,
+        ffmpeg_running=bool(ingest and ingest.ffmpeg_running),
+        hls_files_count=files,
+        uptime_seconds=detail.duration_seconds if status in ("waiting", "active") else 0,
+        publisher_connected=bool(ingest and ingest.publisher_connected),
+        viewer_count=detail.viewer_count,
+        bitrate_kbps=ingest.bitrate_kbps if ingest else None,
+        fps=ingest.fps if ingest else None,
+        restarts=ingest.restarts if ingest else 0,
+        last_error=ingest.last_error if ingest else None,
+    )
+
+
+def _touch(request: Request[Any, Any, Any], streams: StreamService, stream_id: str) -> None:
+    client = request.client.host if request.client else None
+    streams.touch_viewer(stream_id, viewer_key(client, request.headers.get("user-agent")))
+
+
+@get("/hls/{stream_id:str}/stream.m3u8", responses=responses(404), media_type="application/vnd.apple.mpegurl")
+async def hls_playlist(request: Request[Any, Any, Any], stream_id: str, streams: StreamService) -> Response[bytes]:
+    """The live HLS playlist (no token needed; plain hls.js plays it)."""
+    if not is_stream_id(stream_id):
+        raise NotFound("Stream not found")
+    path = streams.hls_dir(stream_id) / "stream.m3u8"
+    try:
+        body = path.read_bytes()
+    except OSError:
+        if not streams.hls_dir(stream_id).is_dir():
+            raise NotFound("Stream not found") from None
+        raise NotFound("Playlist not available yet: the stream is waiting for its publisher") from None
+    _touch(request, streams, stream_id)
+    return Response(body, media_type="application/vnd.apple.mpegurl", headers=PLAYLIST_HEADERS)
+
+
+@get("/hls/{stream_id:str}/{segment:str}", responses=responses(404), media_type="video/mp2t")
+async def hls_segment(request: Request[Any, Any, Any], stream_id: str, segment: str, streams: StreamService) -> Response[Any]:
+    """One MPEG-TS segment of the stream."""
+    if not is_stream_id(stream_id):
+        raise NotFound("Stream not found")
+    if not SEGMENT_NAME.match(segment):
+        raise NotFound("Segment not found")
+    path = streams.hls_dir(stream_id) / segment
+    if not path.is_file():
+        raise NotFound("Segment not found")
+    _touch(request, streams, stream_id)
+    response = file_response(request, path, "video/mp2t")
+    # A segment never changes once it is in the playlist.
+    response.headers["Cache-Control"] = "public, max-age=86400, immutable"
+    return response
+
+
+def stream_app_router() -> Router:
+    """Routes of the Stream App."""
+    return Router(
+        path="/",
+        route_handlers=[ingest_status, hls_playlist, hls_segment],
+        dependencies={"streams": Provide(provide_streams, sync_to_thread=False)},
+        tags=["stream-app"],
+    )

@@ -1,0 +1,522 @@
+"""Stream rules: create, start, stop, rotate, delete; status from ingest events.
+
+The service owns the DB rows of streams and the port pool; the IngestSupervisor owns the
+FFmpeg children. Ingest events (publisher connected, dropped, gave up) come in on the bus
+and become status changes here; a stream that ends is announced as `StreamEnded` so the
+VOD domain can turn its media into a recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import secrets
+import shutil
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from streamplat.auth import Principal, User
+from streamplat.db import isoformat, utcnow
+from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
+from streamplat.events import (
+    EventBus,
+    IngestGaveUp,
+    PublisherConnected,
+    PublisherDisconnected,
+    StreamEnded,
+    StreamStatusChanged,
+    ViewerCountChanged,
+)
+from streamplat.streams.models import ACTIVE, CREATED, LIVE_STATUSES, STOPPED, WAITING, Stream
+from streamplat.streams.portpool import PortPool, PortPoolExhausted
+from streamplat.streams.schemas import (
+    KeyRotated,
+    StreamCreate,
+    StreamCreated,
+    StreamDeleted,
+    StreamDetail,
+    StreamList,
+    StreamStarted,
+    StreamStopped,
+    StreamSummary,
+)
+from streamplat.streams.viewers import ViewerTracker
+
+log = logging.getLogger(__name__)
+
+STREAM_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class IngestStatusLike(Protocol):
+    ffmpeg_running: bool
+    publisher_connected: bool
+    started_at: float
+    connected_at: float | None
+    restarts: int
+    last_error: str | None
+    bitrate_kbps: float | None
+    fps: float | None
+
+
+class Ingest(Protocol):
+    """What the service needs of the ingest supervisor (streamplat.ingest.IngestSupervisor)."""
+
+    async def start(self, stream_id: str, port: int, passphrase: str, hls_dir: Path) -> None: ...
+    async def stop(self, stream_id: str) -> None: ...
+    def status(self, stream_id: str) -> IngestStatusLike | None: ...
+
+
+class PlaylistFinaliser(Protocol):
+    def __call__(self, hls_dir: Path) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLinks:
+    public_host: str
+
+    def srt_url(self, stream: Stream) -> str | None:
+        if stream.port is None:
+            return None
+        return f"srt://{self.public_host}:{stream.port}?streamid={stream.id}&passphrase={stream.stream_key}"
+
+    @staticmethod
+    def hls_url(stream_id: str) -> str:
+        return f"/hls/{stream_id}/stream.m3u8"
+
+
+def new_stream_key() -> str:
+    """A fresh SRT passphrase: 32 URL-safe characters (SRT accepts 10-79)."""
+    return secrets.token_urlsafe(24)
+
+
+def is_stream_id(value: str) -> bool:
+    """True if `value` has the shape of a stream id (so it is safe in a path)."""
+    return bool(STREAM_ID.match(value))
+
+
+class StreamService:
+    """Streams and their lifecycle. Enter it (async with) to run its background tasks."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: EventBus,
+        ingest: Ingest,
+        ports: PortPool,
+        viewers: ViewerTracker,
+        hls_root: Path,
+        public_host: str,
+        finalise_playlist: PlaylistFinaliser,
+        viewer_push_interval: float = 2.0,
+    ) -> None:
+        self._sessions = sessions
+        self._bus = bus
+        self._ingest = ingest
+        self._ports = ports
+        self.viewers = viewers
+        self._hls_root = hls_root
+        self._links = StreamLinks(public_host)
+        self._finalise_playlist = finalise_playlist
+        self._viewer_push_interval = viewer_push_interval
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._closing = False
+        self._last_counts: dict[str, int] = {}
+        self._viewer_task: asyncio.Task[None]
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> StreamService:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._bus.subscribe(PublisherConnected, self._on_connected)
+        self._bus.subscribe(PublisherDisconnected, self._on_disconnected)
+        self._bus.subscribe(IngestGaveUp, self._on_gave_up)
+        await self.reconcile()
+        self._viewer_task = self._tasks.create_task(self._push_viewer_counts(), name="viewer-counts")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Stop every live stream like its owner would, so its recording is queued and the next
+        # start finds nothing to reconcile; FFmpeg children finalise their playlists meanwhile.
+        self._closing = True
+        for stream_id in await self._live_ids():
+            try:
+                await self.stop_stream(stream_id, reason="server shut down")
+            except Exception:
+                log.exception("stopping stream=%s at shutdown failed", stream_id, extra={"stream_id": stream_id})
+        self._bus.unsubscribe(PublisherConnected, self._on_connected)
+        self._bus.unsubscribe(PublisherDisconnected, self._on_disconnected)
+        self._bus.unsubscribe(IngestGaveUp, self._on_gave_up)
+        assert self._tasks is not None
+        # The viewer loop runs forever; auto-stops still running are short and awaited.
+        self._viewer_task.cancel()
+        await self._tasks.__aexit__(None, None, None)
+
+    async def _live_ids(self) -> list[str]:
+        async with self._sessions() as session:
+            return list((await session.scalars(select(Stream.id).where(Stream.status.in_(LIVE_STATUSES)))).all())
+
+    async def reconcile(self) -> None:
+        """Streams left live by a crash: finalise their playlists, stop them, hand media to VOD."""
+        for stream_id in await self._live_ids():
+            log.warning("stream=%s was live when the server stopped; stopping it", stream_id,
+                        extra={"stream_id": stream_id})
+            hls_dir = self.hls_dir(stream_id)
+            if hls_dir.exists():
+                self._finalise_playlist(hls_dir)
+            await self._mark_stopped(stream_id, reason="server restarted while the stream was live")
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def hls_dir(self, stream_id: str) -> Path:
+        """Where the stream's playlist and segments are written."""
+        return self._hls_root / stream_id
+
+    async def _get(self, session: AsyncSession, stream_id: str) -> tuple[Stream, str]:
+        if not is_stream_id(stream_id):
+            raise NotFound("Stream not found")
+        row = (
+            await session.execute(
+                select(Stream, User.username).join(User, User.id == Stream.user_id).where(Stream.id == stream_id)
+            )
+        ).first()
+        if row is None:
+            raise NotFound("Stream not found")
+        return row[0], row[1]
+
+    @staticmethod
+    def _require_owner(stream: Stream, actor: Principal) -> None:
+        if stream.user_id != actor.id and not actor.is_admin:
+            raise Forbidden("Only the stream's owner or an admin can do this")
+
+    def _duration(self, stream: Stream) -> int:
+        if stream.started_at is None:
+            return 0
+        end = stream.stopped_at or utcnow()
+        return max(0, int((end - stream.started_at).total_seconds()))
+
+    def _viewer_count(self, stream: Stream) -> int:
+        return self.viewers.count(stream.id) if stream.status in LIVE_STATUSES else 0
+
+    def _detail(self, stream: Stream, username: str, actor: Principal) -> StreamDetail:
+        private = stream.user_id == actor.id or actor.is_admin
+        return StreamDetail(
+            stream_id=stream.id,
+            name=stream.name,
+            title=stream.title,
+            description=stream.description,
+            status=stream.status,
+            user_id=stream.user_id,
+            username=username,
+            port=stream.port,
+            start_time=isoformat(stream.started_at),
+            stop_time=isoformat(stream.stopped_at),
+            viewer_count=self._viewer_count(stream),
+            duration_seconds=self._duration(stream),
+            hls_url=self._links.hls_url(stream.id),
+            created_at=isoformat(stream.created_at) or "",
+            status_reason=stream.status_reason,
+            srt_url=self._links.srt_url(stream) if private else None,
+            stream_key=stream.stream_key if private else None,
+        )
+
+    def _summary(self, stream: Stream, username: str) -> StreamSummary:
+        return StreamSummary(
+            stream_id=stream.id,
+            name=stream.name,
+            title=stream.title,
+            status=stream.status,
+            created_at=isoformat(stream.created_at) or "",
+            viewer_count=self._viewer_count(stream),
+            user_id=stream.user_id,
+            username=username,
+            start_time=isoformat(stream.started_at),
+            hls_url=self._links.hls_url(stream.id),
+        )
+
+    async def get_stream(self, stream_id: str, actor: Principal) -> StreamDetail:
+        """One stream; everyone signed in may see it, only the owner and admins its SRT URL and key."""
+        async with self._sessions() as session:
+            stream, username = await self._get(session, stream_id)
+        return self._detail(stream, username, actor)
+
+    async def stream_status(self, stream_id: str) -> tuple[str, int, int | None]:
+        """Status, owner id and port of a stream (NotFound if unknown)."""
+        async with self._sessions() as session:
+            stream, _ = await self._get(session, stream_id)
+        return stream.status, stream.user_id, stream.port
+
+    async def list_streams(
+        self,
+        actor: Principal,
+        *,
+        status: str | None,
+        user_id: int | None,
+        limit: int,
+        offset: int,
+        live_only: bool = False,
+    ) -> StreamList:
+        """A page of streams, newest first: the caller's own, everyone's for admins or live_only."""
+        query = select(Stream, User.username).join(User, User.id == Stream.user_id)
+        count = select(func.count(Stream.id))
+        conditions = []
+        if live_only:
+            conditions.append(Stream.status.in_(LIVE_STATUSES))
+        elif actor.is_admin:
+            if user_id is not None:
+                conditions.append(Stream.user_id == user_id)
+        else:
+            if user_id is not None and user_id != actor.id:
+                raise Forbidden("Only admins can list other users' streams")
+            conditions.append(Stream.user_id == actor.id)
+        if status is not None:
+            conditions.append(Stream.status == status)
+        for condition in conditions:
+            query = query.where(condition)
+            count = count.where(condition)
+        async with self._sessions() as session:
+            total = await session.scalar(count) or 0
+            rows = (
+                await session.execute(query.order_by(Stream.created_at.desc(), Stream.id).limit(limit).offset(offset))
+            ).all()
+        return StreamList(
+            streams=[self._summary(stream, username) for stream, username in rows],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
+
+    # --- commands -------------------------------------------------------------------------------
+
+    async def create_stream(self, data: StreamCreate, actor: Principal) -> StreamCreated:
+        """Create a stream owned by the caller (status "created"); title defaults to the name."""
+        name = data.name.strip()
+        if not name:
+            from streamplat.errors import ValidationFailed
+
+            raise ValidationFailed({"name": ["is required"]})
+        stream = Stream(
+            id=str(uuid.uuid4()),
+            user_id=actor.id,
+            name=name,
+            title=(data.title or "").strip() or name,
+            description=data.description or "",
+            status=CREATED,
+            stream_key=new_stream_key(),
+        )
+        async with self._sessions() as session:
+            session.add(stream)
+            await session.commit()
+        log.info("stream=%s created by user_id=%s", stream.id, actor.id, extra={"stream_id": stream.id})
+        return StreamCreated(
+            stream_id=stream.id,
+            name=stream.name,
+            title=stream.title,
+            description=stream.description,
+            user_id=stream.user_id,
+            username=actor.username,
+            status=stream.status,
+            created_at=isoformat(stream.created_at) or "",
+        )
+
+    async def start_stream(self, stream_id: str, actor: Principal) -> StreamStarted:
+        """Open an SRT listener for the stream (status "waiting") and return the URL for OBS."""
+        async with self._locks[stream_id]:
+            async with self._sessions() as session:
+                stream, _ = await self._get(session, stream_id)
+                self._require_owner(stream, actor)
+                if stream.status in LIVE_STATUSES:
+                    raise Conflict("Stream is already started")
+                if stream.status == STOPPED:
+                    raise Conflict("Stream has ended; create a new stream to go live again")
+                try:
+                    port = self._ports.acquire()
+                except PortPoolExhausted as exc:
+                    raise ServiceUnavailable(f"No SRT port is free: {exc}. Try again when a stream ends.") from None
+                hls_dir = self.hls_dir(stream.id)
+                try:
+                    hls_dir.mkdir(parents=True, exist_ok=True)
+                    await self._ingest.start(stream.id, port, stream.stream_key, hls_dir)
+                except Exception as exc:
+                    self._ports.release(port)
+                    log.exception("stream=%s could not start its listener", stream.id, extra={"stream_id": stream.id})
+                    raise ServiceUnavailable(f"Could not start the SRT listener: {exc}") from None
+                stream.status = WAITING
+                stream.port = port
+                stream.started_at = utcnow()
+                stream.status_reason = None
+                await session.commit()
+        log.info("stream=%s waiting on port %s", stream.id, port, extra={"stream_id": stream.id})
+        await self._bus.publish(StreamStatusChanged(stream.id, WAITING, stream.user_id))
+        return StreamStarted(
+            stream_id=stream.id,
+            status=WAITING,
+            port=port,
+            srt_url=self._links.srt_url(stream) or "",
+            hls_url=self._links.hls_url(stream.id),
+            message="Stream started, waiting for connection",
+            stream_key=stream.stream_key,
+        )
+
+    async def stop_stream(self, stream_id: str, actor: Principal | None = None, reason: str | None = None) -> StreamStopped:
+        """Stop a live stream: end FFmpeg gracefully, free the port, queue the recording."""
+        async with self._locks[stream_id]:
+            async with self._sessions() as session:
+                stream, username = await self._get(session, stream_id)
+                if actor is not None:
+                    self._require_owner(stream, actor)
+                if stream.status not in LIVE_STATUSES:
+                    raise Conflict(f"Stream is not live (status {stream.status})")
+            await self._ingest.stop(stream_id)
+            recorded = await self._mark_stopped(stream_id, reason=reason)
+        message = (
+            "Stream stopped, VOD processing started"
+            if recorded
+            else "Stream stopped; no media was received, so there is no recording"
+        )
+        return StreamStopped(
+            stream_id=stream_id,
+            status=STOPPED,
+            user_id=stream.user_id,
+            username=username,
+            message=message,
+            recording=recorded,
+        )
+
+    async def _mark_stopped(self, stream_id: str, reason: str | None) -> bool:
+        """Write the stopped state and announce it; True if there is media to record."""
+        async with self._sessions() as session:
+            stream, username = await self._get(session, stream_id)
+            port = stream.port
+            stream.status = STOPPED
+            stream.stopped_at = utcnow()
+            stream.port = None
+            stream.status_reason = reason
+            await session.commit()
+        if port is not None:
+            self._ports.release(port)
+        self.viewers.forget(stream_id)
+        log.info("stream=%s stopped%s", stream_id, f" ({reason})" if reason else "", extra={"stream_id": stream_id})
+        await self._bus.publish(StreamStatusChanged(stream_id, STOPPED, stream.user_id, reason))
+        hls_dir = self.hls_dir(stream_id)
+        recorded = _has_segments(hls_dir)
+        if recorded:
+            await self._bus.publish(StreamEnded(stream_id, stream.user_id, username, stream.title, hls_dir))
+        elif hls_dir.exists():
+            shutil.rmtree(hls_dir, ignore_errors=True)
+        return recorded
+
+    async def rotate_key(self, stream_id: str, actor: Principal) -> KeyRotated:
+        """Give the stream a new SRT passphrase (not while it is live)."""
+        async with self._locks[stream_id], self._sessions() as session:
+            stream, _ = await self._get(session, stream_id)
+            self._require_owner(stream, actor)
+            if stream.status in LIVE_STATUSES:
+                raise Conflict("Stop the stream before rotating its key")
+            stream.stream_key = new_stream_key()
+            await session.commit()
+        log.info("stream=%s key rotated", stream_id, extra={"stream_id": stream_id})
+        return KeyRotated(stream_id=stream_id, stream_key=stream.stream_key, message="Stream key rotated")
+
+    async def delete_stream(self, stream_id: str, actor: Principal) -> StreamDeleted:
+        """Delete a stream (stopping it first if live); its recording stays."""
+        async with self._sessions() as session:
+            stream, _ = await self._get(session, stream_id)
+            self._require_owner(stream, actor)
+            live = stream.status in LIVE_STATUSES
+        if live:
+            try:
+                await self.stop_stream(stream_id, actor, reason="stream deleted")
+            except Conflict:
+                pass  # it stopped on its own meanwhile
+        async with self._locks[stream_id], self._sessions() as session:
+            stream, _ = await self._get(session, stream_id)
+            await session.delete(stream)
+            await session.commit()
+        self._locks.pop(stream_id, None)
+        log.info("stream=%s deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id})
+        return StreamDeleted(message="Stream deleted successfully", stream_id=stream_id)
+
+    # --- ingest events ------------------------------------------------------------------------
+
+    async def _set_live_status(self, stream_id: str, status: str, reason: str | None) -> None:
+        async with self._sessions() as session:
+            stream = await session.get(Stream, stream_id)
+            if stream is None or stream.status not in LIVE_STATUSES or stream.status == status:
+                return
+            stream.status = status
+            stream.status_reason = reason
+            await session.commit()
+            user_id = stream.user_id
+        log.info("stream=%s is %s%s", stream_id, status, f" ({reason})" if reason else "", extra={"stream_id": stream_id})
+        await self._bus.publish(StreamStatusChanged(stream_id, status, user_id, reason))
+
+    async def _on_connected(self, event: PublisherConnected) -> None:
+        await self._set_live_status(event.stream_id, ACTIVE, None)
+
+    async def _on_disconnected(self, event: PublisherDisconnected) -> None:
+        await self._set_live_status(event.stream_id, WAITING, f"publisher disconnected: {event.reason}")
+
+    def _on_gave_up(self, event: IngestGaveUp) -> None:
+        # The supervisor publishes this from the task that stop() waits for, so the stop runs
+        # in a task of our own instead of inside the handler.
+        if self._tasks is None or self._closing:
+            return
+        self._tasks.create_task(self._auto_stop(event.stream_id, event.reason), name=f"auto-stop-{event.stream_id}")
+
+    async def _auto_stop(self, stream_id: str, reason: str) -> None:
+        try:
+            await self.stop_stream(stream_id, reason=reason)
+        except (Conflict, NotFound):
+            pass
+        except Exception:
+            log.exception("stream=%s auto-stop failed", stream_id, extra={"stream_id": stream_id})
+
+    # --- viewers -------------------------------------------------------------------------------
+
+    def touch_viewer(self, stream_id: str, client_key: str) -> None:
+        """An HLS client fetched the playlist or a segment of the stream."""
+        self.viewers.touch(stream_id, client_key)
+
+    async def _push_viewer_counts(self) -> None:
+        # Viewer counts change with every fetch; announcing them on a fixed beat keeps the
+        # event rate per stream at one per interval however many viewers there are.
+        while True:
+            await asyncio.sleep(self._viewer_push_interval)
+            counts = self.viewers.counts()
+            for stream_id in set(counts) | set(self._last_counts):
+                count = counts.get(stream_id, 0)
+                if self._last_counts.get(stream_id, 0) != count:
+                    await self._bus.publish(ViewerCountChanged(stream_id, count))
+            self._last_counts = {k: v for k, v in counts.items() if v}
+
+    def ingest_status(self, stream_id: str) -> IngestStatusLike | None:
+        """What the supervisor knows of the stream's FFmpeg child (None when not supervised)."""
+        return self._ingest.status(stream_id)
+
+
+def _has_segments(hls_dir: Path) -> bool:
+    try:
+        return any(p.stat().st_size > 0 for p in hls_dir.glob("segment_*.ts"))
+    except OSError:
+        return False
+
+
+def uptime_seconds(started_at: dt.datetime | None) -> int:
+    """Seconds since `started_at` (0 when unknown)."""
+    if started_at is None:
+        return 0
+    return max(0, int(time.time() - started_at.timestamp()))

@@ -1,0 +1,350 @@
+"""Live streaming end to end: the stream API, real FFmpeg publishing over real SRT, HLS out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_auth import assert_error, bearer
+from tests.support.media import Publisher, ffmpeg_children_listening, probe, wait_for
+from tests.support.server import ServerProcess, make_server
+
+LIVE_ENV = {
+    "STREAMPLAT_INGEST__SEGMENT_SECONDS": "1",
+    "STREAMPLAT_INGEST__RECONNECT_WINDOW_SECONDS": "60",
+}
+
+
+@pytest.fixture(name="server", scope="module")
+def fixture_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = make_server(tmp_path_factory.mktemp("live"), LIVE_ENV).start()
+    yield srv
+    code = srv.stop()
+    assert code == 0, srv.logs()[-3000:]
+
+
+@pytest.fixture(name="publishers")
+def fixture_publishers() -> Iterator[list[Publisher]]:
+    started: list[Publisher] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def create(server: ServerProcess, token: str, name: str = "My Stream", **extra: str) -> dict:
+    r = server.main.post("/api/streams", json={"name": name, **extra}, headers=bearer(token))
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def start(server: ServerProcess, token: str, stream_id: str) -> dict:
+    r = server.main.post(f"/api/streams/{stream_id}/start", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def status_of(server: ServerProcess, token: str, stream_id: str) -> str:
+    return str(server.main.get(f"/api/streams/{stream_id}", headers=bearer(token)).json()["status"])
+
+
+def publish(publishers: list[Publisher], url: str, **kw: object) -> Publisher:
+    p = Publisher(url, **kw).start()  # type: ignore[arg-type]
+    publishers.append(p)
+    return p
+
+
+def playlist(server: ServerProcess, stream_id: str) -> str:
+    r = server.stream.get(f"/hls/{stream_id}/stream.m3u8")
+    return r.text if r.status_code == 200 else ""
+
+
+def segments_in(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def media_sequence(text: str) -> int:
+    return int(next(line for line in text.splitlines() if line.startswith("#EXT-X-MEDIA-SEQUENCE:")).split(":")[1])
+
+
+# --- the whole lifecycle ---------------------------------------------------------------------
+
+def test_create_start_publish_watch_stop(server: ServerProcess, publishers: list[Publisher], tmp_path: Path) -> None:
+    token = server.user_token("live1")
+    created = create(server, token, "My Awesome Stream", title="Live Coding Session", description="Learning")
+    assert set(created) >= {"stream_id", "name", "title", "description", "user_id", "username", "status", "created_at"}
+    assert created["status"] == "created" and created["username"] == "live1" and created["title"] == "Live Coding Session"
+    sid = created["stream_id"]
+
+    started = start(server, token, sid)
+    assert started["status"] == "waiting" and started["message"] == "Stream started, waiting for connection"
+    assert started["hls_url"] == f"/hls/{sid}/stream.m3u8"
+    lo, hi = int(server.env["STREAMPLAT_INGEST__PORT_MIN"]), int(server.env["STREAMPLAT_INGEST__PORT_MAX"])
+    assert lo <= started["port"] <= hi
+    assert started["srt_url"] == f"srt://127.0.0.1:{started['port']}?streamid={sid}&passphrase={started['stream_key']}"
+    assert 10 <= len(started["stream_key"]) <= 64
+    assert_error(server.main.post(f"/api/streams/{sid}/start", headers=bearer(token)), 409)
+    assert status_of(server, token, sid) == "waiting"
+    st = server.stream.get(f"/stream/{sid}/status").json()
+    assert st["status"] == "waiting" and st["ffmpeg_running"] is True
+
+    publish(publishers, started["srt_url"])
+    wait_for(lambda: status_of(server, token, sid) == "active", 15, message="status active")
+    text = wait_for(lambda: len(segments_in(playlist(server, sid))) >= 2 and playlist(server, sid), 20, message="segments")
+    r = server.stream.get(f"/hls/{sid}/stream.m3u8", headers={"Origin": "http://example.org"})
+    assert r.headers["content-type"].startswith("application/vnd.apple.mpegurl")
+    assert "no-cache" in r.headers["cache-control"]
+    assert r.headers["access-control-allow-origin"] in ("*", "http://example.org")
+    assert text.startswith("#EXTM3U") and "#EXT-X-TARGETDURATION" in text and "#EXT-X-ENDLIST" not in text
+
+    first = segments_in(text)[0]
+    seg = server.stream.get(f"/hls/{sid}/{first}")
+    assert seg.status_code == 200 and seg.headers["content-type"] == "video/mp2t"
+    assert "max-age" in seg.headers["cache-control"]
+    assert seg.content[0] == 0x47 and seg.content[188] == 0x47  # MPEG-TS sync bytes
+    (tmp_path / "seg.ts").write_bytes(seg.content)
+    info = probe(tmp_path / "seg.ts")
+    assert info.video == "h264" and info.audio == "aac" and (info.width, info.height) == (640, 360)
+
+    detail = server.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
+    assert detail["status"] == "active" and detail["viewer_count"] >= 1 and detail["port"] == started["port"]
+    assert detail["start_time"].endswith("Z") and detail["duration_seconds"] >= 1
+    st = server.stream.get(f"/stream/{sid}/status").json()
+    assert st["ffmpeg_running"] is True and st["hls_files_count"] >= 2 and st["publisher_connected"] is True
+    assert set(st) >= {"stream_id", "status", "ffmpeg_running", "hls_files_count", "uptime_seconds"}
+    wait_for(lambda: (server.stream.get(f"/stream/{sid}/status").json().get("bitrate_kbps") or 0) > 0, 10,
+             message="bitrate from FFmpeg progress")
+
+    r = server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    stopped = r.json()
+    assert stopped["status"] == "stopped" and stopped["message"] == "Stream stopped, VOD processing started"
+    assert stopped["user_id"] == created["user_id"] and stopped["username"] == "live1"
+    final = playlist(server, sid)
+    assert final.rstrip().endswith("#EXT-X-ENDLIST")
+    detail = server.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
+    assert detail["status"] == "stopped" and detail["viewer_count"] == 0 and detail["duration_seconds"] >= 2
+    assert detail["port"] is None
+    assert not ffmpeg_children_listening(started["port"])
+    assert_error(server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token)), 409)
+    assert_error(server.main.post(f"/api/streams/{sid}/start", headers=bearer(token)), 409)
+
+
+def test_wrong_key_is_refused_and_stream_stays_waiting(server: ServerProcess, publishers: list[Publisher]) -> None:
+    token = server.user_token("live2")
+    sid = create(server, token)["stream_id"]
+    started = start(server, token, sid)
+    bad_url = started["srt_url"].replace(started["stream_key"], "wrong-passphrase-123")
+    intruder = publish(publishers, bad_url)
+    time.sleep(4)
+    assert status_of(server, token, sid) == "waiting"
+    assert server.stream.get(f"/hls/{sid}/stream.m3u8").status_code == 404
+    intruder.kill()
+    publish(publishers, started["srt_url"])
+    wait_for(lambda: status_of(server, token, sid) == "active", 15, message="active with the right key")
+    server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
+
+
+def test_publisher_drop_and_return_continues_the_playlist(server: ServerProcess, publishers: list[Publisher]) -> None:
+    token = server.user_token("live3")
+    sid = create(server, token)["stream_id"]
+    started = start(server, token, sid)
+    first = publish(publishers, started["srt_url"])
+    wait_for(lambda: len(segments_in(playlist(server, sid))) >= 3, 20, message="first segments")
+    before = playlist(server, sid)
+    first.kill()
+    wait_for(lambda: status_of(server, token, sid) == "waiting", 20, message="waiting after the publisher died")
+    assert "publisher" in (server.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()["status_reason"] or "")
+    publish(publishers, started["srt_url"])
+    wait_for(lambda: status_of(server, token, sid) == "active", 20, message="active again")
+    after = wait_for(lambda: "#EXT-X-DISCONTINUITY" in playlist(server, sid) and playlist(server, sid), 20,
+                     message="a discontinuity")
+    assert media_sequence(after) >= media_sequence(before)
+    numbers = [int(name.split("_")[1].split(".")[0]) for name in segments_in(after)]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    assert max(numbers) > max(int(n.split("_")[1].split(".")[0]) for n in segments_in(before))
+    server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
+
+
+def test_stream_stops_itself_when_no_publisher_returns(server_factory: Callable[..., ServerProcess],
+                                                        publishers: list[Publisher]) -> None:
+    srv = server_factory({**LIVE_ENV, "STREAMPLAT_INGEST__RECONNECT_WINDOW_SECONDS": "2"})
+    token = srv.user_token("autostop")
+    sid = create(srv, token)["stream_id"]
+    started = start(srv, token, sid)
+    pub = publish(publishers, started["srt_url"])
+    wait_for(lambda: status_of(srv, token, sid) == "active", 15, message="active")
+    time.sleep(2)
+    pub.kill()
+    wait_for(lambda: status_of(srv, token, sid) == "stopped", 30, message="auto-stop")
+    detail = srv.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
+    assert "reconnect" in (detail["status_reason"] or "")
+    # Stopped like an owner would: the media went to VOD processing.
+    assert srv.vod.get(f"/api/v1/recordings/{sid}").json()["status"] in ("processing", "ready")
+    assert not ffmpeg_children_listening(started["port"])
+
+
+# --- who may do what --------------------------------------------------------------------------
+
+def test_owner_and_role_matrix(server: ServerProcess) -> None:
+    viewer = server.user_token("mviewer", "viewer")
+    owner = server.user_token("mowner")
+    other = server.user_token("mother")
+    assert_error(server.main.post("/api/streams", json={"name": "x"}, headers=bearer(viewer)), 403)
+    assert_error(server.main.post("/api/streams", json={"name": "x"}), 401)
+    assert_error(server.main.get("/api/streams"), 401)
+    assert_error(server.main.get("/api/streams", headers=bearer("garbage")), 401)
+    sid = create(server, owner)["stream_id"]
+    for method, path in (("post", "start"), ("post", "stop"), ("post", "rotate-key")):
+        assert_error(getattr(server.main, method)(f"/api/streams/{sid}/{path}", headers=bearer(other)), 403)
+        assert_error(getattr(server.main, method)(f"/api/streams/{sid}/{path}", headers=bearer(viewer)), 403)
+    assert_error(server.main.delete(f"/api/streams/{sid}", headers=bearer(other)), 403)
+    # Others may look at the stream, but never at its key.
+    seen = server.main.get(f"/api/streams/{sid}", headers=bearer(viewer)).json()
+    assert seen["stream_id"] == sid and seen["srt_url"] is None and seen["stream_key"] is None
+    mine = server.main.get(f"/api/streams/{sid}", headers=bearer(owner)).json()
+    assert mine["stream_key"]
+    assert_error(server.main.get("/api/streams/00000000-0000-4000-8000-000000000000", headers=bearer(owner)), 404)
+    assert_error(server.main.get("/api/streams/not-a-uuid", headers=bearer(owner)), 404)
+    # Lists: your own streams only; admins all, or one user's.
+    assert server.main.get("/api/streams", headers=bearer(other)).json()["total"] == 0
+    assert_error(server.main.get("/api/streams", params={"user_id": seen["user_id"]}, headers=bearer(other)), 403)
+    from tests.integration.test_auth import create_admin
+
+    admin = create_admin(server, "streamsadmin")
+    listed = server.main.get("/api/streams", params={"user_id": seen["user_id"]}, headers=bearer(admin)).json()
+    assert [s["stream_id"] for s in listed["streams"]] == [sid]
+    r = server.main.post(f"/api/streams/{sid}/rotate-key", headers=bearer(admin))
+    assert r.status_code == 200 and r.json()["stream_key"] != mine["stream_key"]
+    r = server.main.delete(f"/api/streams/{sid}", headers=bearer(admin))
+    assert r.status_code == 200 and r.json() == {"message": "Stream deleted successfully", "stream_id": sid}
+    assert_error(server.main.get(f"/api/streams/{sid}", headers=bearer(owner)), 404)
+
+
+def test_create_validation_and_list_filters(server: ServerProcess) -> None:
+    token = server.user_token("validator")
+    body = assert_error(
+        server.main.post("/api/streams", json={"name": "", "title": "t" * 201, "description": "d" * 5001},
+                         headers=bearer(token)), 422)
+    assert set(body["details"]) == {"name", "title", "description"}
+    assert_error(server.main.post("/api/streams", json={"name": "n" * 101}, headers=bearer(token)), 422)
+    assert_error(server.main.post("/api/streams", json={"title": "no name"}, headers=bearer(token)), 422)
+    assert_error(server.main.post("/api/streams", content=b"{", headers={**bearer(token), "Content-Type": "application/json"}), 400)
+    untitled = create(server, token, "Only a name")
+    assert untitled["title"] == "Only a name" and untitled["description"] == ""
+    for params in ({"status": "running"}, {"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "ten"}):
+        assert_error(server.main.get("/api/streams", params=params, headers=bearer(token)), 422)
+    for i in range(3):
+        create(server, token, f"s{i}")
+    page = server.main.get("/api/streams", params={"limit": 2, "offset": 1}, headers=bearer(token)).json()
+    assert page["total"] == 4 and page["limit"] == 2 and page["offset"] == 1 and len(page["streams"]) == 2
+    assert server.main.get("/api/streams", params={"status": "created"}, headers=bearer(token)).json()["total"] == 4
+    assert server.main.get("/api/streams", params={"status": "active"}, headers=bearer(token)).json()["total"] == 0
+    default = server.main.get("/api/streams", headers=bearer(token)).json()
+    assert default["limit"] == 50 and default["offset"] == 0
+    assert set(default["streams"][0]) >= {"stream_id", "name", "title", "status", "created_at", "viewer_count"}
+
+
+def test_live_list_shows_everyones_live_streams(server: ServerProcess) -> None:
+    owner = server.user_token("liveowner")
+    viewer = server.user_token("liveviewer", "viewer")
+    sid = create(server, owner)["stream_id"]
+    start(server, owner, sid)
+    live = server.main.get("/api/streams/live", headers=bearer(viewer)).json()
+    assert sid in [s["stream_id"] for s in live["streams"]]
+    assert_error(server.main.post(f"/api/streams/{sid}/rotate-key", headers=bearer(owner)), 409)
+    server.main.post(f"/api/streams/{sid}/stop", headers=bearer(owner))
+    live = server.main.get("/api/streams/live", headers=bearer(viewer)).json()
+    assert sid not in [s["stream_id"] for s in live["streams"]]
+
+
+def test_hls_paths_cannot_leave_the_stream_folder(server: ServerProcess) -> None:
+    token = server.user_token("pathtricks")
+    sid = create(server, token)["stream_id"]
+    (server.data_dir / "hls" / sid).mkdir(parents=True, exist_ok=True)
+    (server.data_dir / "hls" / sid / "secret.txt").write_text("secret")
+    for path in (
+        f"/hls/{sid}/secret.txt",
+        f"/hls/{sid}/..%2F..%2Fstreamplat.db",
+        f"/hls/{sid}/segment_1.ts%00.txt",
+        "/hls/..%2F..%2Fsecrets/jwt_secret",
+        f"/hls/{sid}/segment_00001.ts",
+        "/hls/not-a-stream/stream.m3u8",
+        "/stream/not-a-stream/status",
+    ):
+        r = httpx.get(server.url("stream", path), timeout=5)
+        assert r.status_code == 404, path
+        assert "secret" not in r.text
+
+
+def test_port_pool_exhausted_is_503(server_factory: Callable[..., ServerProcess]) -> None:
+    srv = server_factory({**LIVE_ENV})
+    lo = int(srv.env["STREAMPLAT_INGEST__PORT_MIN"])
+    srv.stop()
+    srv.env["STREAMPLAT_INGEST__PORT_MAX"] = str(lo)
+    srv.start()
+    token = srv.user_token("pooluser")
+    a = create(srv, token)["stream_id"]
+    b = create(srv, token)["stream_id"]
+    assert start(srv, token, a)["port"] == lo
+    body = assert_error(srv.main.post(f"/api/streams/{b}/start", headers=bearer(token)), 503)
+    assert "port" in body["message"].lower()
+    srv.main.post(f"/api/streams/{a}/stop", headers=bearer(token))
+    assert start(srv, token, b)["port"] == lo  # the port went back to the pool
+
+
+def test_sigkill_leaves_no_ffmpeg_and_restart_reconciles(server_factory: Callable[..., ServerProcess],
+                                                          publishers: list[Publisher]) -> None:
+    srv = server_factory(LIVE_ENV)
+    token = srv.user_token("crashy")
+    waiting = create(srv, token)["stream_id"]
+    active = create(srv, token)["stream_id"]
+    w = start(srv, token, waiting)
+    a = start(srv, token, active)
+    publish(publishers, a["srt_url"])
+    wait_for(lambda: status_of(srv, token, active) == "active", 15, message="active")
+    wait_for(lambda: len(segments_in(playlist(srv, active))) >= 2, 15, message="segments")
+    assert ffmpeg_children_listening(w["port"]) and ffmpeg_children_listening(a["port"])
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    wait_for(lambda: not ffmpeg_children_listening(w["port"]) and not ffmpeg_children_listening(a["port"]), 10,
+             message="FFmpeg children to die with the server")
+    srv.start()
+    for sid in (waiting, active):
+        detail = srv.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
+        assert detail["status"] == "stopped" and "restart" in detail["status_reason"]
+    assert srv.vod.get(f"/api/v1/recordings/{active}").json()["status"] in ("processing", "ready")
+    assert srv.vod.get(f"/api/v1/recordings/{waiting}").status_code == 404  # no media, no recording
+    # The ports are free again: a new stream can listen on them.
+    fresh = create(srv, token)["stream_id"]
+    assert start(srv, token, fresh)["port"] in (w["port"], a["port"])
+
+
+def test_graceful_shutdown_stops_every_ffmpeg(server_factory: Callable[..., ServerProcess]) -> None:
+    srv = server_factory(LIVE_ENV)
+    token = srv.user_token("shutdown")
+    ports = [start(srv, token, create(srv, token)["stream_id"])["port"] for _ in range(2)]
+    assert all(ffmpeg_children_listening(p) for p in ports)
+    assert srv.stop() == 0
+    assert not any(ffmpeg_children_listening(p) for p in ports)
+
+
+def test_spec_javascript_client_creates_and_starts(server_factory: Callable[..., ServerProcess], run_spec_client) -> None:
+    srv = server_factory(LIVE_ENV, spec_ports=True)
+    srv.register("jsstreamer")
+    steps = [["login", "jsstreamer@example.com", "password123"],
+             ["createStream", "My Stream", "Live Coding", "React tutorial"]]
+    login, created = run_spec_client(f"http://{srv.host}", steps)
+    assert login["ok"] and created["ok"] and created["result"]["status"] == "created"
+    sid = created["result"]["stream_id"]
+    token = login["result"]["access_token"]
+    (started,) = run_spec_client(f"http://{srv.host}", [["startStream", sid]], token)
+    assert started["ok"] and started["result"]["status"] == "waiting"
+    assert started["result"]["srt_url"].startswith(f"srt://{srv.host}:")
