@@ -12,6 +12,7 @@ from streamplat.ingest.ffmpeg import (
     segment_number,
     validate_passphrase,
 )
+from streamplat.ingest.hls import finalise_playlist
 from streamplat.ingest.supervisor import (
     IngestError,
     IngestSettings,
@@ -19,7 +20,6 @@ from streamplat.ingest.supervisor import (
     IngestSupervisor,
     ListenerAlreadyRunning,
     SupervisorClosed,
-    finalise_playlist,
 )
 
 __all__ = [

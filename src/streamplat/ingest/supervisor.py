@@ -22,15 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import logging
-import os
 import pathlib
 import shlex
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, MutableMapping
@@ -47,7 +42,6 @@ from streamplat.events import (
     PublisherDisconnected,
 )
 from streamplat.ingest.ffmpeg import (
-    PLAYLIST_NAME,
     Progress,
     ProgressAccumulator,
     RateWindow,
@@ -55,20 +49,15 @@ from streamplat.ingest.ffmpeg import (
     clean_stderr_line,
     describe_exit,
     mask_secret,
-    parse_playlist,
-    plan_salvage,
-    playlist_with_segments,
-    segment_name,
-    ts_duration_seconds,
     validate_passphrase,
-    with_endlist,
 )
+from streamplat.ingest.hls import SegmentMeter, finalise_playlist, prepare_hls_dir
+from streamplat.procs import die_with_parent, signal_group
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 30
 _STREAM_READER_LIMIT = 1 << 20  # a long FFmpeg line must not break line-based draining
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -209,144 +198,6 @@ class _Stream:
         )
 
 
-class _SegmentMeter:
-    """Bytes of HLS media written since a listener started, from finished segment files.
-
-    FFmpeg reports `bitrate=N/A` for the HLS muxer, so the ingest bitrate is measured on disk.
-    The muxer writes each segment whole once it is complete, so the count grows in steps.
-    """
-
-    def __init__(self, directory: pathlib.Path, first_number: int) -> None:
-        self._directory = directory
-        self._number = first_number
-        self.total_bytes = 0
-
-    def update(self) -> bool:
-        """Count newly finished segments; True if there were any."""
-        grew = False
-        while True:
-            try:
-                size = (self._directory / segment_name(self._number)).stat().st_size
-            except OSError:
-                return grew
-            self.total_bytes += size
-            self._number += 1
-            grew = True
-
-
-# --- child process plumbing ---------------------------------------------------------------
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """libc for prctl(), loaded in the parent so the forked child never runs dlopen()."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-def _die_with_parent(parent_pid: int, libc: ctypes.CDLL | None) -> None:
-    """preexec_fn: SIGKILL this child when the server dies, even by SIGKILL.
-
-    PDEATHSIG fires when the *thread* that forked exits, which is why children are spawned from
-    the event-loop thread (asyncio.create_subprocess_exec forks there).
-    """
-    if libc is not None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The server may have died between fork() and prctl(); then nobody would ever kill us.
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
-    """Signal the child's process group (it leads its own session); gone already is fine."""
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
-
-
-# --- HLS directory upkeep (blocking file I/O: run in a thread) ------------------------------
-
-
-def _salvage_segments(hls_dir: pathlib.Path, segment_seconds: float) -> list[int]:
-    """List segments a killed FFmpeg left outside the playlist; returns their numbers.
-
-    Without this, the next FFmpeg (append_list) would reuse their numbers and overwrite them.
-    """
-    playlist = hls_dir / PLAYLIST_NAME
-    try:
-        text: str | None = playlist.read_text()
-    except FileNotFoundError:
-        text = None
-    plan = plan_salvage(text, os.listdir(hls_dir))
-    if not plan.append:
-        return []
-    for source, target in plan.renames:
-        path = hls_dir / source
-        # A killed muxer may stop mid-packet; whole 188-byte packets keep the file clean TS.
-        size = path.stat().st_size
-        os.truncate(path, size - size % 188)
-        os.replace(path, hls_dir / target)
-    segments = []
-    for number in plan.append:
-        duration = ts_duration_seconds((hls_dir / segment_name(number)).read_bytes())
-        segments.append((number, duration if duration is not None else segment_seconds))
-    _write_atomically(playlist, playlist_with_segments(text, segments, segment_seconds))
-    return list(plan.append)
-
-
-def finalise_playlist(hls_dir: pathlib.Path, segment_seconds: float = 2.0) -> None:
-    """End a stream's playlist with #EXT-X-ENDLIST (atomically); no playlist, nothing to do.
-
-    Segments a killed FFmpeg left outside the playlist are listed first, so the playlist and
-    the recording keep them. Only for a stream with no FFmpeg running (after stop(), or for
-    streams left live by a crash). Blocking file I/O; `segment_seconds` is the duration
-    assumed for a salvaged segment whose timestamps cannot be read.
-    """
-    if not hls_dir.is_dir():
-        return
-    _salvage_segments(hls_dir, segment_seconds)
-    playlist = hls_dir / PLAYLIST_NAME
-    try:
-        text = playlist.read_text()
-    except FileNotFoundError:
-        return
-    ended = with_endlist(text)
-    if ended != text:
-        _write_atomically(playlist, ended)
-
-
-@dataclass(frozen=True, slots=True)
-class _HlsDirState:
-    """What a listener about to start finds in its HLS directory."""
-
-    playlist_exists: bool
-    next_number: int  # number of the next segment FFmpeg will write
-    salvaged: list[int]
-
-
-def _prepare_hls_dir(hls_dir: pathlib.Path, segment_seconds: float) -> _HlsDirState:
-    """Create the directory and list leftover segments so the next listener continues after them."""
-    hls_dir.mkdir(parents=True, exist_ok=True)
-    salvaged = _salvage_segments(hls_dir, segment_seconds)
-    try:
-        next_number = parse_playlist((hls_dir / PLAYLIST_NAME).read_text()).next_number
-    except FileNotFoundError:
-        return _HlsDirState(playlist_exists=False, next_number=0, salvaged=salvaged)
-    return _HlsDirState(playlist_exists=True, next_number=next_number, salvaged=salvaged)
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    """Replace `path` so that viewers read either the old or the new playlist, never half."""
-    temporary = path.with_name(f".{path.name}.streamplat.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 # --- the supervisor -----------------------------------------------------------------------
 
 
@@ -363,7 +214,6 @@ class IngestSupervisor:
     async def __aenter__(self) -> IngestSupervisor:
         if self._tasks is not None:
             raise RuntimeError("IngestSupervisor is already running")
-        _libc()  # load before the first fork, see _die_with_parent
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._closing = False
@@ -472,7 +322,7 @@ class IngestSupervisor:
             stream.log.exception("ingest supervisor failed")
             reason = f"internal error in the ingest supervisor: {exc!r}"
             if stream.process is not None:
-                _signal_group(stream.process, signal.SIGKILL)
+                signal_group(stream.process, signal.SIGKILL)
         if reason is None or stream.stop_requested:
             return
         stream.last_error = reason
@@ -523,7 +373,7 @@ class IngestSupervisor:
         settings = self._settings
         loop = asyncio.get_running_loop()
         try:
-            hls = await asyncio.to_thread(_prepare_hls_dir, stream.hls_dir, settings.segment_seconds)
+            hls = await asyncio.to_thread(prepare_hls_dir, stream.hls_dir, settings.segment_seconds)
         except OSError as exc:
             # Counted as a failure like a crashing FFmpeg: a full disk may recover, and a
             # permission problem ends in IngestGaveUp with this reason.
@@ -563,7 +413,7 @@ class IngestSupervisor:
                 # Own process group: a Ctrl-C in the server's terminal must not reach FFmpeg
                 # (we decide when it stops), and the whole group can be signalled at once.
                 start_new_session=True,
-                preexec_fn=functools.partial(_die_with_parent, os.getpid(), _libc()),
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             reason = f"could not start FFmpeg ({settings.ffmpeg_binary}): {exc}"
@@ -576,7 +426,7 @@ class IngestSupervisor:
         stream.log.info("FFmpeg pid %d listening", process.pid)
         received_media = False
         window_over = False
-        meter = _SegmentMeter(stream.hls_dir, hls.next_number)
+        meter = SegmentMeter(stream.hls_dir, hls.next_number)
         frame_rate = RateWindow(window_seconds=5.0)
         # Sampled only when a segment completes, and over several segments, so that whole
         # segments are counted and the steps do not show as jitter.
@@ -619,7 +469,7 @@ class IngestSupervisor:
             # Reached with FFmpeg still running only when this task is cancelled (abnormal
             # shutdown): no time for a graceful stop, and the next start() salvages the
             # unfinished segment.
-            _signal_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             stream.process = None
             stream.publisher_connected = False
             stream.connected_at = None
@@ -642,7 +492,7 @@ class IngestSupervisor:
         self,
         stream: _Stream,
         progress: Progress,
-        meter: _SegmentMeter,
+        meter: SegmentMeter,
         frame_rate: RateWindow,
         byte_rate: RateWindow,
     ) -> None:
@@ -705,13 +555,13 @@ class IngestSupervisor:
             timeout = self._settings.stop_timeout_seconds
             # SIGINT, not SIGTERM-then-hope: FFmpeg treats it as "finish up", writing out the
             # current segment and the playlist before exiting.
-            _signal_group(process, signal.SIGINT)
+            signal_group(process, signal.SIGINT)
             try:
                 await asyncio.wait_for(process.wait(), timeout)
                 return
             except TimeoutError:
                 stream.log.warning("FFmpeg ignored SIGINT for %.1f s; sending SIGKILL", timeout)
-            _signal_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             await process.wait()
 
 

@@ -37,19 +37,17 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import shlex
 import signal
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
+
+from streamplat.procs import die_with_parent, signal_group
 
 log = logging.getLogger(__name__)
 
@@ -264,41 +262,6 @@ def _size_or_zero(path: Path) -> int:
 
 # --- running FFmpeg ------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-
-
-@cache
-def _libc_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """Return a preexec_fn that makes the child get SIGKILL when this process dies."""
-    # libc is loaded here, in the parent: the hook runs between fork and exec, where loading
-    # a library is not safe.
-    prctl = _libc_prctl()
-    if prctl is None:
-        return None
-    # PDEATHSIG fires when the *thread* that forked exits; that is the event loop's thread,
-    # which outlives every child it awaits.
-    parent_pid = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        # The parent may have died between fork and prctl; then nobody would ever kill us.
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
-
 
 @dataclass(frozen=True)
 class _FfmpegRun:
@@ -333,14 +296,6 @@ async def _drain(stream: asyncio.StreamReader) -> tuple[str, tuple[str, ...], in
     return "".join(head), tuple(tail), lines
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    # start_new_session made the child a group leader: the group id is its pid.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 async def _run_ffmpeg(argv: list[str], *, what: str, log_prefix: str) -> _FfmpegRun:
     log.info("%sffmpeg %s: %s", log_prefix, what, shlex.join(argv))
     started = time.monotonic()
@@ -350,7 +305,7 @@ async def _run_ffmpeg(argv: list[str], *, what: str, log_prefix: str) -> _Ffmpeg
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C on the server's terminal must not reach FFmpeg
-        preexec_fn=_die_with_parent_hook(),
+        preexec_fn=die_with_parent(),
     )
     assert proc.stderr is not None
     try:
@@ -359,7 +314,7 @@ async def _run_ffmpeg(argv: list[str], *, what: str, log_prefix: str) -> _Ffmpeg
     except BaseException:
         # Timeout or cancellation: whatever FFmpeg was writing is about to be deleted, so there
         # is nothing to finalise; SIGKILL and reap so no zombie or orphan is left.
-        _kill_group(proc)
+        signal_group(proc, signal.SIGKILL)
         await proc.wait()
         log.warning("%sffmpeg %s killed (pid %d)", log_prefix, what, proc.pid)
         raise
