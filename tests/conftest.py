@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.media import Publisher
 from tests.support.server import ServerProcess, make_server
 
 
@@ -16,7 +17,9 @@ def fixture_server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProce
     """Start servers with extra environment; every one is stopped (or killed) at the end."""
     started: list[ServerProcess] = []
 
-    def start(extra_env: dict[str, str] | None = None, name: str = "server", spec_ports: bool = False) -> ServerProcess:
+    def start(
+        extra_env: dict[str, str] | None = None, name: str = "server", spec_ports: bool = False
+    ) -> ServerProcess:
         srv = make_server(tmp_path, extra_env, name=f"{name}{len(started)}", spec_ports=spec_ports)
         started.append(srv)
         return srv.start()
@@ -57,3 +60,12 @@ def fixture_run_spec_client() -> Callable[..., list[dict[str, Any]]]:
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
     return run
+
+
+@pytest.fixture(name="publishers")
+def fixture_publishers() -> Iterator[list[Publisher]]:
+    """Publishers started by a test; every one is killed at the end."""
+    started: list[Publisher] = []
+    yield started
+    for p in started:
+        p.kill()

@@ -24,7 +24,7 @@ ERROR_KEYS = {"error", "message", "code"}
 def assert_error(r: httpx.Response, status: int, message_part: str | None = None) -> dict:
     assert r.status_code == status, r.text
     body = r.json()
-    assert ERROR_KEYS <= set(body), body
+    assert set(body) >= ERROR_KEYS, body
     assert body["code"] == status
     if message_part:
         assert message_part.lower() in body["message"].lower(), body
@@ -37,10 +37,22 @@ def bearer(token: str) -> dict[str, str]:
 
 def create_admin(server: ServerProcess, name: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "streamplat", "create-admin", "--email", f"{name}@example.com", "--username", name,
-         "--data-dir", str(server.data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "streamplat",
+            "create-admin",
+            "--email",
+            f"{name}@example.com",
+            "--username",
+            name,
+            "--data-dir",
+            str(server.data_dir),
+        ],
         env={**server.env, "STREAMPLAT_ADMIN_PASSWORD": "password123"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "admin" in out.stdout
@@ -48,6 +60,7 @@ def create_admin(server: ServerProcess, name: str) -> str:
 
 
 # --- health, routing, CORS, OpenAPI ---------------------------------------------------------
+
 
 def test_health_on_every_port(server: ServerProcess) -> None:
     expected = {"auth": "auth-service", "main": "main-app", "stream": "stream-app", "vod": "vod-service"}
@@ -74,8 +87,11 @@ def test_localhost_over_ipv6_reaches_the_server(server: ServerProcess) -> None:
 def test_cors_preflight_allows_other_origins(server: ServerProcess) -> None:
     r = server.auth.options(
         "/auth/login",
-        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"},
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
     )
     assert r.status_code in (200, 204)
     assert r.headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
@@ -100,10 +116,16 @@ def test_openapi_schema_on_every_port_documents_errors(server: ServerProcess) ->
 
 # --- registration -----------------------------------------------------------------------
 
+
 def test_register_returns_the_spec_body(server: ServerProcess) -> None:
     r = server.auth.post(
         "/auth/register",
-        json={"username": "testuser", "email": "Test@Example.com", "password": "password123", "role": "streamer"},
+        json={
+            "username": "testuser",
+            "email": "Test@Example.com",
+            "password": "password123",
+            "role": "streamer",
+        },
     )
     assert r.status_code == 201, r.text
     body = r.json()
@@ -116,7 +138,9 @@ def test_register_returns_the_spec_body(server: ServerProcess) -> None:
 
 
 def test_register_default_role_is_viewer(server: ServerProcess) -> None:
-    r = server.auth.post("/auth/register", json={"username": "plainviewer", "email": "pv@example.com", "password": "secret1"})
+    r = server.auth.post(
+        "/auth/register", json={"username": "plainviewer", "email": "pv@example.com", "password": "secret1"}
+    )
     assert r.status_code == 201 and r.json()["user"]["role"] == "viewer"
 
 
@@ -165,14 +189,20 @@ def test_oversized_body_is_413(server: ServerProcess) -> None:
     big = json.dumps({"username": "big", "email": "big@example.com", "password": "x" * 2_000_000})
     r = server.auth.post("/auth/register", content=big, headers={"Content-Type": "application/json"})
     assert_error(r, 413)
-    assert server.auth.post("/auth/login", json={"email": "big@example.com", "password": "x"}).status_code == 401
+    assert (
+        server.auth.post("/auth/login", json={"email": "big@example.com", "password": "x"}).status_code == 401
+    )
 
 
 def test_duplicates_are_409(server: ServerProcess) -> None:
     server.register("dupuser")
-    r = server.auth.post("/auth/register", json={"username": "other1", "email": "DUPUSER@example.com", "password": "secret1"})
+    r = server.auth.post(
+        "/auth/register", json={"username": "other1", "email": "DUPUSER@example.com", "password": "secret1"}
+    )
     assert_error(r, 409, "email")
-    r = server.auth.post("/auth/register", json={"username": "DupUser", "email": "fresh@example.com", "password": "secret1"})
+    r = server.auth.post(
+        "/auth/register", json={"username": "DupUser", "email": "fresh@example.com", "password": "secret1"}
+    )
     assert_error(r, 409, "username")
 
 
@@ -188,18 +218,28 @@ def test_register_admin_needs_an_admin_token(server: ServerProcess) -> None:
 
 # --- login and tokens -----------------------------------------------------------------------
 
+
 def test_login_returns_the_spec_body(server: ServerProcess) -> None:
     user = server.register("loginuser")
     body = server.login("loginuser")
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
-    assert body["user"] == {"id": user["id"], "username": "loginuser", "email": "loginuser@example.com", "role": "streamer"}
+    assert body["user"] == {
+        "id": user["id"],
+        "username": "loginuser",
+        "email": "loginuser@example.com",
+        "role": "streamer",
+    }
     assert body["refresh_token"] and body["access_token"].count(".") == 2
 
 
 def test_wrong_password_and_unknown_email_look_the_same(server: ServerProcess) -> None:
     server.register("victim")
-    a = assert_error(server.auth.post("/auth/login", json={"email": "victim@example.com", "password": "wrongpass"}), 401)
-    b = assert_error(server.auth.post("/auth/login", json={"email": "nobody@example.com", "password": "wrongpass"}), 401)
+    a = assert_error(
+        server.auth.post("/auth/login", json={"email": "victim@example.com", "password": "wrongpass"}), 401
+    )
+    b = assert_error(
+        server.auth.post("/auth/login", json={"email": "nobody@example.com", "password": "wrongpass"}), 401
+    )
     assert a["message"] == b["message"]
 
 
@@ -208,7 +248,10 @@ def test_validate_accepts_a_good_token(server: ServerProcess) -> None:
     token = server.login("validuser")["access_token"]
     r = server.auth.get("/auth/validate", headers=bearer(token))
     assert r.status_code == 200
-    assert r.json() == {"valid": True, "user": {"id": user["id"], "username": "validuser", "role": "streamer"}}
+    assert r.json() == {
+        "valid": True,
+        "user": {"id": user["id"], "username": "validuser", "role": "streamer"},
+    }
 
 
 def _secret(server: ServerProcess) -> str:
@@ -221,10 +264,14 @@ def test_validate_refuses_every_kind_of_bad_token(server: ServerProcess) -> None
     now = int(time.time())
     claims = {"sub": str(user["id"]), "role": "streamer", "username": "badtokens", "type": "access"}
     expired = jwt.encode({**claims, "iat": now - 7200, "exp": now - 3600}, _secret(server), algorithm="HS256")
-    header, payload, sig = good.split(".")
-    forged_payload = base64.urlsafe_b64encode(
-        json.dumps({**claims, "role": "admin", "iat": now, "exp": now + 3600}).encode()
-    ).rstrip(b"=").decode()
+    header, _payload, sig = good.split(".")
+    forged_payload = (
+        base64.urlsafe_b64encode(
+            json.dumps({**claims, "role": "admin", "iat": now, "exp": now + 3600}).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
     tampered = f"{header}.{forged_payload}.{sig}"
     none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
     alg_none = f"{none_header}.{forged_payload}."
@@ -252,7 +299,10 @@ def test_deactivated_user_token_stops_working(server: ServerProcess) -> None:
     assert r.status_code == 200 and r.json()["is_active"] is False
     assert_error(server.auth.get("/auth/validate", headers=bearer(pair["access_token"])), 401)
     assert_error(server.auth.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}), 401)
-    assert_error(server.auth.post("/auth/login", json={"email": "soontogone@example.com", "password": "password123"}), 403)
+    assert_error(
+        server.auth.post("/auth/login", json={"email": "soontogone@example.com", "password": "password123"}),
+        403,
+    )
 
 
 def test_refresh_rotates_and_refuses_reuse(server: ServerProcess) -> None:
@@ -280,12 +330,16 @@ def test_logout_revokes_the_refresh_token(server: ServerProcess) -> None:
 
 # --- admin user management ------------------------------------------------------------------
 
+
 def test_user_management_is_admin_only(server: ServerProcess) -> None:
     target = server.register("managed")
     for role in ("viewer", "streamer"):
         token = server.user_token(f"not_admin_{role}", role)
         assert_error(server.auth.get("/auth/users", headers=bearer(token)), 403)
-        assert_error(server.auth.patch(f"/auth/users/{target['id']}", json={"role": "admin"}, headers=bearer(token)), 403)
+        assert_error(
+            server.auth.patch(f"/auth/users/{target['id']}", json={"role": "admin"}, headers=bearer(token)),
+            403,
+        )
     assert_error(server.auth.get("/auth/users"), 401)
     admin = create_admin(server, "rootadmin3")
     r = server.auth.get("/auth/users", params={"limit": 2, "offset": 1}, headers=bearer(admin))
@@ -296,22 +350,34 @@ def test_user_management_is_admin_only(server: ServerProcess) -> None:
     assert_error(server.auth.get("/auth/users", params={"limit": "lots"}, headers=bearer(admin)), 422)
     r = server.auth.patch(f"/auth/users/{target['id']}", json={"role": "viewer"}, headers=bearer(admin))
     assert r.status_code == 200 and r.json()["role"] == "viewer"
-    assert_error(server.auth.patch(f"/auth/users/{target['id']}", json={"role": "god"}, headers=bearer(admin)), 422)
+    assert_error(
+        server.auth.patch(f"/auth/users/{target['id']}", json={"role": "god"}, headers=bearer(admin)), 422
+    )
     assert_error(server.auth.patch("/auth/users/999999", json={"role": "viewer"}, headers=bearer(admin)), 404)
 
 
 def test_rate_limit_on_login(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory({"STREAMPLAT_RATE_LIMIT__LOGIN_PER_MINUTE": "3"})
     for _ in range(3):
-        assert srv.auth.post("/auth/login", json={"email": "x@example.com", "password": "whatever"}).status_code == 401
+        assert (
+            srv.auth.post("/auth/login", json={"email": "x@example.com", "password": "whatever"}).status_code
+            == 401
+        )
     r = srv.auth.post("/auth/login", json={"email": "x@example.com", "password": "whatever"})
     assert_error(r, 429)
     assert int(r.headers["Retry-After"]) >= 1
     # Other endpoints are not limited by the login limit.
-    assert srv.auth.post("/auth/register", json={"username": "after429", "email": "a429@example.com", "password": "secret1"}).status_code == 201
+    assert (
+        srv.auth.post(
+            "/auth/register",
+            json={"username": "after429", "email": "a429@example.com", "password": "secret1"},
+        ).status_code
+        == 201
+    )
 
 
 # --- process lifecycle -----------------------------------------------------------------------
+
 
 def test_sigterm_exits_zero_and_secret_survives_restart(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory()
@@ -333,7 +399,10 @@ def test_port_in_use_fails_fast_naming_the_port(server: ServerProcess, tmp_path:
     # main_port stays the shared server's, which is in use.
     out = subprocess.run(
         [sys.executable, "-m", "streamplat", "serve", "--data-dir", str(tmp_path / "d")],
-        env=env, capture_output=True, text=True, timeout=30,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode != 0
     assert str(server.ports["main"]) in out.stderr and "in use" in out.stderr
@@ -343,11 +412,15 @@ def test_port_in_use_fails_fast_naming_the_port(server: ServerProcess, tmp_path:
 def test_bad_config_stops_the_start_naming_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text("[server]\nmain_prot = 8080\n")
-    out = subprocess.run([sys.executable, "-m", "streamplat", "config", "--config", str(cfg)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "streamplat", "config", "--config", str(cfg)], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "server.main_prot: unknown key" in out.stderr
     out = subprocess.run(
         [sys.executable, "-m", "streamplat", "config"],
-        env={**os.environ, "STREAMPLAT_SERVER__MAIN_PORT": "eighty"}, capture_output=True, text=True,
+        env={**os.environ, "STREAMPLAT_SERVER__MAIN_PORT": "eighty"},
+        capture_output=True,
+        text=True,
         cwd=tmp_path.parent,
     )
     assert out.returncode == 2 and "server.main_port" in out.stderr
@@ -372,16 +445,22 @@ def test_cli_help_describes_every_command() -> None:
     assert out.returncode == 0
     for command in ("serve", "create-admin", "migrate", "config"):
         assert command in out.stdout
-        sub = subprocess.run([sys.executable, "-m", "streamplat", command, "--help"], capture_output=True, text=True)
+        sub = subprocess.run(
+            [sys.executable, "-m", "streamplat", command, "--help"], capture_output=True, text=True
+        )
         assert sub.returncode == 0 and "--data-dir" in sub.stdout
 
 
-def test_spec_javascript_client_logs_in(server_factory: Callable[..., ServerProcess], run_spec_client) -> None:
+def test_spec_javascript_client_logs_in(
+    server_factory: Callable[..., ServerProcess], run_spec_client
+) -> None:
     # The spec's class hard-codes the ports, so this server listens on them on a private loopback address.
     srv = server_factory(spec_ports=True)
     srv.register("jsuser")
-    results = run_spec_client(f"http://{srv.host}", [["login", "jsuser@example.com", "password123"],
-                                                     ["login", "jsuser@example.com", "wrong-password"]])
+    results = run_spec_client(
+        f"http://{srv.host}",
+        [["login", "jsuser@example.com", "password123"], ["login", "jsuser@example.com", "wrong-password"]],
+    )
     ok, bad = results
     assert ok["ok"] and ok["result"]["token_type"] == "Bearer"
     assert ok["result"]["user"]["username"] == "jsuser" and ok["result"]["access_token"]

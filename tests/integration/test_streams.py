@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,14 +26,6 @@ def fixture_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     yield srv
     code = srv.stop()
     assert code == 0, srv.logs()[-3000:]
-
-
-@pytest.fixture(name="publishers")
-def fixture_publishers() -> Iterator[list[Publisher]]:
-    started: list[Publisher] = []
-    yield started
-    for p in started:
-        p.kill()
 
 
 def create(server: ServerProcess, token: str, name: str = "My Stream", **extra: str) -> dict:
@@ -70,16 +60,34 @@ def segments_in(text: str) -> list[str]:
 
 
 def media_sequence(text: str) -> int:
-    return int(next(line for line in text.splitlines() if line.startswith("#EXT-X-MEDIA-SEQUENCE:")).split(":")[1])
+    return int(
+        next(line for line in text.splitlines() if line.startswith("#EXT-X-MEDIA-SEQUENCE:")).split(":")[1]
+    )
 
 
 # --- the whole lifecycle ---------------------------------------------------------------------
 
-def test_create_start_publish_watch_stop(server: ServerProcess, publishers: list[Publisher], tmp_path: Path) -> None:
+
+def test_create_start_publish_watch_stop(
+    server: ServerProcess, publishers: list[Publisher], tmp_path: Path
+) -> None:
     token = server.user_token("live1")
     created = create(server, token, "My Awesome Stream", title="Live Coding Session", description="Learning")
-    assert set(created) >= {"stream_id", "name", "title", "description", "user_id", "username", "status", "created_at"}
-    assert created["status"] == "created" and created["username"] == "live1" and created["title"] == "Live Coding Session"
+    assert set(created) >= {
+        "stream_id",
+        "name",
+        "title",
+        "description",
+        "user_id",
+        "username",
+        "status",
+        "created_at",
+    }
+    assert (
+        created["status"] == "created"
+        and created["username"] == "live1"
+        and created["title"] == "Live Coding Session"
+    )
     sid = created["stream_id"]
 
     started = start(server, token, sid)
@@ -87,7 +95,10 @@ def test_create_start_publish_watch_stop(server: ServerProcess, publishers: list
     assert started["hls_url"] == f"/hls/{sid}/stream.m3u8"
     lo, hi = int(server.env["STREAMPLAT_INGEST__PORT_MIN"]), int(server.env["STREAMPLAT_INGEST__PORT_MAX"])
     assert lo <= started["port"] <= hi
-    assert started["srt_url"] == f"srt://127.0.0.1:{started['port']}?streamid={sid}&passphrase={started['stream_key']}"
+    assert (
+        started["srt_url"]
+        == f"srt://127.0.0.1:{started['port']}?streamid={sid}&passphrase={started['stream_key']}"
+    )
     assert 10 <= len(started["stream_key"]) <= 64
     assert_error(server.main.post(f"/api/streams/{sid}/start", headers=bearer(token)), 409)
     assert status_of(server, token, sid) == "waiting"
@@ -96,7 +107,9 @@ def test_create_start_publish_watch_stop(server: ServerProcess, publishers: list
 
     publish(publishers, started["srt_url"])
     wait_for(lambda: status_of(server, token, sid) == "active", 15, message="status active")
-    text = wait_for(lambda: len(segments_in(playlist(server, sid))) >= 2 and playlist(server, sid), 20, message="segments")
+    text = wait_for(
+        lambda: len(segments_in(playlist(server, sid))) >= 2 and playlist(server, sid), 20, message="segments"
+    )
     r = server.stream.get(f"/hls/{sid}/stream.m3u8", headers={"Origin": "http://example.org"})
     assert r.headers["content-type"].startswith("application/vnd.apple.mpegurl")
     assert "no-cache" in r.headers["cache-control"]
@@ -118,8 +131,11 @@ def test_create_start_publish_watch_stop(server: ServerProcess, publishers: list
     st = server.stream.get(f"/stream/{sid}/status").json()
     assert st["ffmpeg_running"] is True and st["hls_files_count"] >= 2 and st["publisher_connected"] is True
     assert set(st) >= {"stream_id", "status", "ffmpeg_running", "hls_files_count", "uptime_seconds"}
-    wait_for(lambda: (server.stream.get(f"/stream/{sid}/status").json().get("bitrate_kbps") or 0) > 0, 10,
-             message="bitrate from FFmpeg progress")
+    wait_for(
+        lambda: (server.stream.get(f"/stream/{sid}/status").json().get("bitrate_kbps") or 0) > 0,
+        10,
+        message="bitrate from FFmpeg progress",
+    )
 
     r = server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
     assert r.status_code == 200, r.text
@@ -136,7 +152,9 @@ def test_create_start_publish_watch_stop(server: ServerProcess, publishers: list
     assert_error(server.main.post(f"/api/streams/{sid}/start", headers=bearer(token)), 409)
 
 
-def test_wrong_key_is_refused_and_stream_stays_waiting(server: ServerProcess, publishers: list[Publisher]) -> None:
+def test_wrong_key_is_refused_and_stream_stays_waiting(
+    server: ServerProcess, publishers: list[Publisher]
+) -> None:
     token = server.user_token("live2")
     sid = create(server, token)["stream_id"]
     started = start(server, token, sid)
@@ -151,7 +169,9 @@ def test_wrong_key_is_refused_and_stream_stays_waiting(server: ServerProcess, pu
     server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
 
 
-def test_publisher_drop_and_return_continues_the_playlist(server: ServerProcess, publishers: list[Publisher]) -> None:
+def test_publisher_drop_and_return_continues_the_playlist(
+    server: ServerProcess, publishers: list[Publisher]
+) -> None:
     token = server.user_token("live3")
     sid = create(server, token)["stream_id"]
     started = start(server, token, sid)
@@ -159,12 +179,19 @@ def test_publisher_drop_and_return_continues_the_playlist(server: ServerProcess,
     wait_for(lambda: len(segments_in(playlist(server, sid))) >= 3, 20, message="first segments")
     before = playlist(server, sid)
     first.kill()
-    wait_for(lambda: status_of(server, token, sid) == "waiting", 20, message="waiting after the publisher died")
-    assert "publisher" in (server.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()["status_reason"] or "")
+    wait_for(
+        lambda: status_of(server, token, sid) == "waiting", 20, message="waiting after the publisher died"
+    )
+    assert "publisher" in (
+        server.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()["status_reason"] or ""
+    )
     publish(publishers, started["srt_url"])
     wait_for(lambda: status_of(server, token, sid) == "active", 20, message="active again")
-    after = wait_for(lambda: "#EXT-X-DISCONTINUITY" in playlist(server, sid) and playlist(server, sid), 20,
-                     message="a discontinuity")
+    after = wait_for(
+        lambda: "#EXT-X-DISCONTINUITY" in playlist(server, sid) and playlist(server, sid),
+        20,
+        message="a discontinuity",
+    )
     assert media_sequence(after) >= media_sequence(before)
     numbers = [int(name.split("_")[1].split(".")[0]) for name in segments_in(after)]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
@@ -172,8 +199,9 @@ def test_publisher_drop_and_return_continues_the_playlist(server: ServerProcess,
     server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
 
 
-def test_stream_stops_itself_when_no_publisher_returns(server_factory: Callable[..., ServerProcess],
-                                                        publishers: list[Publisher]) -> None:
+def test_stream_stops_itself_when_no_publisher_returns(
+    server_factory: Callable[..., ServerProcess], publishers: list[Publisher]
+) -> None:
     srv = server_factory({**LIVE_ENV, "STREAMPLAT_INGEST__RECONNECT_WINDOW_SECONDS": "2"})
     token = srv.user_token("autostop")
     sid = create(srv, token)["stream_id"]
@@ -191,6 +219,7 @@ def test_stream_stops_itself_when_no_publisher_returns(server_factory: Callable[
 
 
 # --- who may do what --------------------------------------------------------------------------
+
 
 def test_owner_and_role_matrix(server: ServerProcess) -> None:
     viewer = server.user_token("mviewer", "viewer")
@@ -210,15 +239,21 @@ def test_owner_and_role_matrix(server: ServerProcess) -> None:
     assert seen["stream_id"] == sid and seen["srt_url"] is None and seen["stream_key"] is None
     mine = server.main.get(f"/api/streams/{sid}", headers=bearer(owner)).json()
     assert mine["stream_key"]
-    assert_error(server.main.get("/api/streams/00000000-0000-4000-8000-000000000000", headers=bearer(owner)), 404)
+    assert_error(
+        server.main.get("/api/streams/00000000-0000-4000-8000-000000000000", headers=bearer(owner)), 404
+    )
     assert_error(server.main.get("/api/streams/not-a-uuid", headers=bearer(owner)), 404)
     # Lists: your own streams only; admins all, or one user's.
     assert server.main.get("/api/streams", headers=bearer(other)).json()["total"] == 0
-    assert_error(server.main.get("/api/streams", params={"user_id": seen["user_id"]}, headers=bearer(other)), 403)
+    assert_error(
+        server.main.get("/api/streams", params={"user_id": seen["user_id"]}, headers=bearer(other)), 403
+    )
     from tests.integration.test_auth import create_admin
 
     admin = create_admin(server, "streamsadmin")
-    listed = server.main.get("/api/streams", params={"user_id": seen["user_id"]}, headers=bearer(admin)).json()
+    listed = server.main.get(
+        "/api/streams", params={"user_id": seen["user_id"]}, headers=bearer(admin)
+    ).json()
     assert [s["stream_id"] for s in listed["streams"]] == [sid]
     r = server.main.post(f"/api/streams/{sid}/rotate-key", headers=bearer(admin))
     assert r.status_code == 200 and r.json()["stream_key"] != mine["stream_key"]
@@ -230,12 +265,22 @@ def test_owner_and_role_matrix(server: ServerProcess) -> None:
 def test_create_validation_and_list_filters(server: ServerProcess) -> None:
     token = server.user_token("validator")
     body = assert_error(
-        server.main.post("/api/streams", json={"name": "", "title": "t" * 201, "description": "d" * 5001},
-                         headers=bearer(token)), 422)
+        server.main.post(
+            "/api/streams",
+            json={"name": "", "title": "t" * 201, "description": "d" * 5001},
+            headers=bearer(token),
+        ),
+        422,
+    )
     assert set(body["details"]) == {"name", "title", "description"}
     assert_error(server.main.post("/api/streams", json={"name": "n" * 101}, headers=bearer(token)), 422)
     assert_error(server.main.post("/api/streams", json={"title": "no name"}, headers=bearer(token)), 422)
-    assert_error(server.main.post("/api/streams", content=b"{", headers={**bearer(token), "Content-Type": "application/json"}), 400)
+    assert_error(
+        server.main.post(
+            "/api/streams", content=b"{", headers={**bearer(token), "Content-Type": "application/json"}
+        ),
+        400,
+    )
     untitled = create(server, token, "Only a name")
     assert untitled["title"] == "Only a name" and untitled["description"] == ""
     for params in ({"status": "running"}, {"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "ten"}):
@@ -244,11 +289,24 @@ def test_create_validation_and_list_filters(server: ServerProcess) -> None:
         create(server, token, f"s{i}")
     page = server.main.get("/api/streams", params={"limit": 2, "offset": 1}, headers=bearer(token)).json()
     assert page["total"] == 4 and page["limit"] == 2 and page["offset"] == 1 and len(page["streams"]) == 2
-    assert server.main.get("/api/streams", params={"status": "created"}, headers=bearer(token)).json()["total"] == 4
-    assert server.main.get("/api/streams", params={"status": "active"}, headers=bearer(token)).json()["total"] == 0
+    assert (
+        server.main.get("/api/streams", params={"status": "created"}, headers=bearer(token)).json()["total"]
+        == 4
+    )
+    assert (
+        server.main.get("/api/streams", params={"status": "active"}, headers=bearer(token)).json()["total"]
+        == 0
+    )
     default = server.main.get("/api/streams", headers=bearer(token)).json()
     assert default["limit"] == 50 and default["offset"] == 0
-    assert set(default["streams"][0]) >= {"stream_id", "name", "title", "status", "created_at", "viewer_count"}
+    assert set(default["streams"][0]) >= {
+        "stream_id",
+        "name",
+        "title",
+        "status",
+        "created_at",
+        "viewer_count",
+    }
 
 
 def test_live_list_shows_everyones_live_streams(server: ServerProcess) -> None:
@@ -299,8 +357,9 @@ def test_port_pool_exhausted_is_503(server_factory: Callable[..., ServerProcess]
     assert start(srv, token, b)["port"] == lo  # the port went back to the pool
 
 
-def test_sigkill_leaves_no_ffmpeg_and_restart_reconciles(server_factory: Callable[..., ServerProcess],
-                                                          publishers: list[Publisher]) -> None:
+def test_sigkill_leaves_no_ffmpeg_and_restart_reconciles(
+    server_factory: Callable[..., ServerProcess], publishers: list[Publisher]
+) -> None:
     srv = server_factory(LIVE_ENV)
     token = srv.user_token("crashy")
     waiting = create(srv, token)["stream_id"]
@@ -314,8 +373,11 @@ def test_sigkill_leaves_no_ffmpeg_and_restart_reconciles(server_factory: Callabl
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait()
-    wait_for(lambda: not ffmpeg_children_listening(w["port"]) and not ffmpeg_children_listening(a["port"]), 10,
-             message="FFmpeg children to die with the server")
+    wait_for(
+        lambda: not ffmpeg_children_listening(w["port"]) and not ffmpeg_children_listening(a["port"]),
+        10,
+        message="FFmpeg children to die with the server",
+    )
     srv.start()
     for sid in (waiting, active):
         detail = srv.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
@@ -336,11 +398,15 @@ def test_graceful_shutdown_stops_every_ffmpeg(server_factory: Callable[..., Serv
     assert not any(ffmpeg_children_listening(p) for p in ports)
 
 
-def test_spec_javascript_client_creates_and_starts(server_factory: Callable[..., ServerProcess], run_spec_client) -> None:
+def test_spec_javascript_client_creates_and_starts(
+    server_factory: Callable[..., ServerProcess], run_spec_client
+) -> None:
     srv = server_factory(LIVE_ENV, spec_ports=True)
     srv.register("jsstreamer")
-    steps = [["login", "jsstreamer@example.com", "password123"],
-             ["createStream", "My Stream", "Live Coding", "React tutorial"]]
+    steps = [
+        ["login", "jsstreamer@example.com", "password123"],
+        ["createStream", "My Stream", "Live Coding", "React tutorial"],
+    ]
     login, created = run_spec_client(f"http://{srv.host}", steps)
     assert login["ok"] and created["ok"] and created["result"]["status"] == "created"
     sid = created["result"]["stream_id"]

@@ -25,14 +25,6 @@ def fixture_vod_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     assert code == 0, srv.logs()[-3000:]
 
 
-@pytest.fixture(name="publishers")
-def fixture_publishers() -> Iterator[list[Publisher]]:
-    started: list[Publisher] = []
-    yield started
-    for p in started:
-        p.kill()
-
-
 def recording(server: ServerProcess, sid: str) -> dict:
     r = server.vod.get(f"/api/v1/recordings/{sid}")
     assert r.status_code == 200, r.text
@@ -51,9 +43,9 @@ def wait_ready(server: ServerProcess, sid: str, timeout: float = 60) -> dict:
 def top_level_boxes(data: bytes) -> list[str]:
     boxes, offset = [], 0
     while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
         if size == 1:
-            size = struct.unpack(">Q", data[offset + 8:offset + 16])[0]
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
         boxes.append(kind.decode("latin-1"))
         if size < 8:
             break
@@ -61,7 +53,9 @@ def top_level_boxes(data: bytes) -> list[str]:
     return boxes
 
 
-def record(server: ServerProcess, publishers: list[Publisher], token: str, seconds: float) -> tuple[str, dict]:
+def record(
+    server: ServerProcess, publishers: list[Publisher], token: str, seconds: float
+) -> tuple[str, dict]:
     """Publish `seconds` of media to a new stream, let the publisher finish, stop the stream."""
     sid = create(server, token, "Recorded", title="My Recorded Stream")["stream_id"]
     started = start(server, token, sid)
@@ -74,15 +68,28 @@ def record(server: ServerProcess, publishers: list[Publisher], token: str, secon
     return sid, started
 
 
-def test_stopped_stream_becomes_a_seekable_recording(server: ServerProcess, publishers: list[Publisher],
-                                                      tmp_path: Path) -> None:
+def test_stopped_stream_becomes_a_seekable_recording(
+    server: ServerProcess, publishers: list[Publisher], tmp_path: Path
+) -> None:
     token = server.user_token("recorder1")
     sid, _ = record(server, publishers, token, 8)
     rec = recording(server, sid)  # the row exists as soon as the stop returned
     assert rec["status"] in ("processing", "ready")
     rec = wait_ready(server, sid)
-    assert set(rec) >= {"id", "stream_id", "user_id", "username", "title", "duration_seconds", "file_path",
-                        "thumbnail_path", "file_size_bytes", "status", "created_at", "updated_at"}
+    assert set(rec) >= {
+        "id",
+        "stream_id",
+        "user_id",
+        "username",
+        "title",
+        "duration_seconds",
+        "file_path",
+        "thumbnail_path",
+        "file_size_bytes",
+        "status",
+        "created_at",
+        "updated_at",
+    }
     assert rec["file_path"] == f"/recordings/vod/{sid}/video.mp4"
     assert rec["thumbnail_path"] == f"/recordings/vod/{sid}/thumbnail.jpg"
     assert rec["username"] == "recorder1" and rec["title"] == "My Recorded Stream"
@@ -111,7 +118,11 @@ def test_stopped_stream_becomes_a_seekable_recording(server: ServerProcess, publ
     assert tail.status_code == 206 and tail.content == r.content[-500:]
     assert_error(server.vod.get(rec["file_path"], headers={"Range": f"bytes={len(r.content) + 10}-"}), 416)
     head = server.vod.head(rec["file_path"])
-    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) == len(r.content)
+    assert (
+        head.status_code == 200
+        and head.content == b""
+        and int(head.headers["content-length"]) == len(r.content)
+    )
 
     thumb = server.vod.get(f"/api/v1/recordings/{sid}/thumbnail")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
@@ -123,8 +134,9 @@ def test_stopped_stream_becomes_a_seekable_recording(server: ServerProcess, publ
     assert not (server.data_dir / "hls" / sid).exists()
 
 
-def test_reconnect_gives_one_recording_of_both_parts(server: ServerProcess, publishers: list[Publisher],
-                                                      tmp_path: Path) -> None:
+def test_reconnect_gives_one_recording_of_both_parts(
+    server: ServerProcess, publishers: list[Publisher], tmp_path: Path
+) -> None:
     token = server.user_token("recorder2")
     sid = create(server, token)["stream_id"]
     started = start(server, token, sid)
@@ -161,11 +173,41 @@ def _fake_session(server: ServerProcess, token: str, segments: Callable[[Path], 
 
 def _good_segments(folder: Path) -> None:
     subprocess.run(
-        [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
-         "-i", "sine", "-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-c:a", "aac",
-         "-f", "hls", "-hls_time", "1", "-hls_list_size", "0",
-         "-hls_segment_filename", str(folder / "segment_%05d.ts"), str(folder / "fixed.m3u8")],
-        check=True, timeout=60,
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "0",
+            "-hls_segment_filename",
+            str(folder / "segment_%05d.ts"),
+            str(folder / "fixed.m3u8"),
+        ],
+        check=True,
+        timeout=60,
     )
 
 
@@ -177,8 +219,9 @@ def test_corrupt_source_fails_with_reason_and_retry_works(server: ServerProcess)
             (folder / f"segment_{n:05d}.ts").write_bytes(os.urandom(50_000))
 
     sid = _fake_session(server, token, garbage)
-    rec = wait_for(lambda: recording(server, sid)["status"] == "failed" and recording(server, sid), 60,
-                   message="failed")
+    rec = wait_for(
+        lambda: recording(server, sid)["status"] == "failed" and recording(server, sid), 60, message="failed"
+    )
     assert rec["error"]
     assert_error(server.vod.get(f"/api/v1/recordings/{sid}/video"), 409)
     other = server.user_token("recorder4b")
@@ -208,7 +251,10 @@ def test_delete_and_owner_matrix(server: ServerProcess) -> None:
     assert server.vod.get(f"/api/v1/recordings/{sid}", headers=bearer(viewer)).status_code == 200
     assert server.vod.get(rec["file_path"]).status_code == 200
     r = server.vod.delete(f"/api/v1/recordings/{sid}", headers=bearer(owner))
-    assert r.status_code == 200 and r.json() == {"message": "Recording deleted successfully", "stream_id": sid}
+    assert r.status_code == 200 and r.json() == {
+        "message": "Recording deleted successfully",
+        "stream_id": sid,
+    }
     assert not (server.data_dir / "recordings" / "vod" / sid).exists()
     assert_error(server.vod.get(f"/api/v1/recordings/{sid}"), 404)
     assert_error(server.vod.get(rec["file_path"]), 404)
@@ -245,15 +291,18 @@ def test_list_recordings_filters_and_pages(server: ServerProcess) -> None:
     assert_error(server.vod.get("/api/v1/recordings/../../etc/passwd"), 404)
 
 
-def test_server_killed_mid_stream_still_records(server_factory: Callable[..., ServerProcess],
-                                                 publishers: list[Publisher], tmp_path: Path) -> None:
+def test_server_killed_mid_stream_still_records(
+    server_factory: Callable[..., ServerProcess], publishers: list[Publisher], tmp_path: Path
+) -> None:
     srv = server_factory(LIVE_ENV)
     token = srv.user_token("crashrec")
     sid = create(srv, token)["stream_id"]
     started = start(srv, token, sid)
     publish(publishers, started["srt_url"])
     wait_for(lambda: status_of(srv, token, sid) == "active", 15, message="active")
-    wait_for(lambda: len(list((srv.data_dir / "hls" / sid).glob("segment_*.ts"))) >= 5, 20, message="5 segments")
+    wait_for(
+        lambda: len(list((srv.data_dir / "hls" / sid).glob("segment_*.ts"))) >= 5, 20, message="5 segments"
+    )
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait()
@@ -265,7 +314,9 @@ def test_server_killed_mid_stream_still_records(server_factory: Callable[..., Se
     assert probe(mp4).video == "h264"
 
 
-def test_spec_javascript_client_lists_recordings(server_factory: Callable[..., ServerProcess], run_spec_client) -> None:
+def test_spec_javascript_client_lists_recordings(
+    server_factory: Callable[..., ServerProcess], run_spec_client
+) -> None:
     srv = server_factory(LIVE_ENV, spec_ports=True)
     token = srv.user_token("jsrec")
     user_id = srv.auth.get("/auth/validate", headers=bearer(token)).json()["user"]["id"]

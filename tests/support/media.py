@@ -26,17 +26,43 @@ class Publisher:
 
     def start(self) -> Publisher:
         argv = [
-            FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
-            "-f", "lavfi", "-i", f"testsrc2=size={self.size}:rate={self.fps}",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            FFMPEG,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={self.size}:rate={self.fps}",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
         ]
         if self.duration is not None:
             argv += ["-t", str(self.duration)]
         argv += [
-            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-            "-g", str(int(self.fps * self.gop_seconds)), "-b:v", "800k",
-            "-c:a", "aac", "-b:a", "64k",
-            "-f", "mpegts", self.srt_url,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            str(int(self.fps * self.gop_seconds)),
+            "-b:v",
+            "800k",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "mpegts",
+            self.srt_url,
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
@@ -97,8 +123,12 @@ def probe(path: Path) -> Probe:
 
 def decode_errors(path: Path) -> str:
     """Everything FFmpeg complains about while decoding the whole file ("" = clean)."""
-    out = subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-i", str(path), "-f", "null", "-"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [FFMPEG, "-hide_banner", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return out.stderr.strip() if out.returncode == 0 else f"exit {out.returncode}: {out.stderr.strip()}"
 
 
@@ -124,6 +154,10 @@ def ffmpeg_children_listening(port: int) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd and b"ffmpeg" in cmd[0] and any(f":{port}?".encode() in part and b"mode=listener" in part for part in cmd):
+        if (
+            cmd
+            and b"ffmpeg" in cmd[0]
+            and any(f":{port}?".encode() in part and b"mode=listener" in part for part in cmd)
+        ):
             pids.append(int(proc.name))
     return pids

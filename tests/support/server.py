@@ -104,7 +104,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if all(httpx.get(self.url(s, "/health"), timeout=1).status_code in (200, 503) for s in SERVICES):
+                if all(
+                    httpx.get(self.url(s, "/health"), timeout=1).status_code in (200, 503) for s in SERVICES
+                ):
                     return self
             except httpx.HTTPError:
                 pass
@@ -139,10 +141,17 @@ class ServerProcess:
 
     # --- API helpers ---------------------------------------------------------------------
 
-    def register(self, username: str, role: str = "streamer", password: str = "password123", **kw: Any) -> dict[str, Any]:
+    def register(
+        self, username: str, role: str = "streamer", password: str = "password123", **kw: Any
+    ) -> dict[str, Any]:
         r = self.auth.post(
             "/auth/register",
-            json={"username": username, "email": f"{username}@example.com", "password": password, "role": role},
+            json={
+                "username": username,
+                "email": f"{username}@example.com",
+                "password": password,
+                "role": role,
+            },
             **kw,
         )
         assert r.status_code == 201, r.text
@@ -213,4 +222,6 @@ def make_server(
     if spec_ports:
         env["STREAMPLAT_SERVER__HOST"] = host
     env.update(extra_env or {})
-    return ServerProcess(data_dir=data_dir, env=env, ports=ports, host=host, log_path=tmp_path / name / "server.log")
+    return ServerProcess(
+        data_dir=data_dir, env=env, ports=ports, host=host, log_path=tmp_path / name / "server.log"
+    )

@@ -24,8 +24,11 @@ def test_shipped_config_documents_every_key_with_its_default() -> None:
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[server]\nmain_port = 1234\n[ingest]\nsegment_seconds = 1\n')
-    s = load(cfg, environ={"STREAMPLAT_SERVER__MAIN_PORT": "4321", "STREAMPLAT_SERVER__CORS_ORIGINS": '["http://a"]'})
+    cfg.write_text("[server]\nmain_port = 1234\n[ingest]\nsegment_seconds = 1\n")
+    s = load(
+        cfg,
+        environ={"STREAMPLAT_SERVER__MAIN_PORT": "4321", "STREAMPLAT_SERVER__CORS_ORIGINS": '["http://a"]'},
+    )
     assert s.server.main_port == 4321 and s.ingest.segment_seconds == 1.0
     assert s.server.cors_origins == ["http://a"]
 
