@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 from types import TracebackType
 from typing import Any
 
 from litestar import Litestar
+from litestar.types import ControllerRouterHandler
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -27,10 +29,13 @@ from streamplat.db import create_engine, migrate, session_factory
 from streamplat.events import EventBus
 from streamplat.http import build_app
 from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
+from streamplat.metrics import PlatformMetrics, metrics_endpoint
+from streamplat.realtime import RealtimeHub, events_socket
 from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.controllers import main_stream_router, stream_app_router
 from streamplat.vod import RecordingService
 from streamplat.vod.controllers import vod_router
+from streamplat.web import web_router
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +56,12 @@ class Platform:
     supervisor: IngestSupervisor
     streams: StreamService
     recordings: RecordingService
+    hub: RealtimeHub
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus = EventBus()
+        self.metrics = PlatformMetrics(self.free_disk_bytes, settings.storage.min_free_bytes)
         self.rate_limiters = {
             "login": RateLimiter(settings.rate_limit.login_per_minute, 60.0),
             "register": RateLimiter(settings.rate_limit.register_per_minute, 60.0),
@@ -92,6 +99,18 @@ class Platform:
             passwords,
             TokenIssuer(secret, s.auth.access_token_ttl_seconds),
             s.auth.refresh_token_ttl_seconds,
+        )
+        # Metrics and the WebSocket hub listen before any domain publishes, and stop listening last.
+        self.metrics.attach(self.bus)
+        self._stack.callback(self.metrics.detach, self.bus)
+        self.hub = await self._stack.enter_async_context(
+            RealtimeHub(
+                self.bus,
+                self.auth,
+                queue_size=s.websocket.queue_size,
+                auth_timeout_seconds=s.websocket.auth_timeout_seconds,
+                observer=self.metrics,
+            )
         )
         ffmpeg = s.ffmpeg_binary()
         i = s.ingest
@@ -135,9 +154,15 @@ class Platform:
                 s.hls_path,
                 s.server.public_host,
                 lambda hls_dir: finalise_playlist(hls_dir, i.segment_seconds),
+                storage_problem=self.storage_problem,
             )
         )
-        log.info("platform started data_dir=%s database=%s ffmpeg=%s", s.data_path, _safe_url(s.database_url), ffmpeg)
+        log.info(
+            "platform started data_dir=%s database=%s ffmpeg=%s",
+            s.data_path,
+            _safe_url(s.database_url),
+            ffmpeg,
+        )
 
     async def health_problem(self) -> str | None:
         """None when healthy, else a short reason (database unreachable, data directory not writable)."""
@@ -155,6 +180,37 @@ class Platform:
                 return f"data directory not writable: {path} ({exc.strerror or exc})"
         return None
 
+    def health_warning(self) -> str | None:
+        """None when nothing is held back, else why the platform is degraded (it still serves)."""
+        return self.storage_problem()
+
+    def free_disk_bytes(self) -> int | None:
+        """Free bytes on the data directory's file system (None if it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.settings.data_path).free
+        except OSError:
+            return None
+
+    def storage_problem(self) -> str | None:
+        """Why new streams cannot start for lack of disk space, or None (storage.min_free_bytes)."""
+        floor = self.settings.storage.min_free_bytes
+        free = self.free_disk_bytes()
+        if floor <= 0 or free is None or free >= floor:
+            return None
+        return (
+            f"{_size(free)} free in the data directory {self.settings.data_path}, "
+            f"below the floor of {_size(floor)} (storage.min_free_bytes)"
+        )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
 
 def _safe_url(url: str) -> str:
     # Never log a database password.
@@ -171,12 +227,23 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
         "platform": platform,
         "cors_origins": s.cors_origins,
         "max_body_bytes": s.max_body_bytes,
+        "observe_request": platform.metrics.observe_request,
+    }
+    main: list[ControllerRouterHandler] = [
+        main_stream_router(),
+        events_socket,
+        metrics_endpoint,
+        web_router(),
+    ]
+    routes: dict[str, tuple[str, list[ControllerRouterHandler]]] = {
+        "auth": ("streamplat Auth service", [auth_router()]),
+        "main": ("streamplat Main App", main),
+        "stream": ("streamplat Stream App", [stream_app_router()]),
+        "vod": ("streamplat VOD service", [vod_router()]),
     }
     return {
-        "auth": build_app(service=SERVICES["auth"], title="streamplat Auth service", route_handlers=[auth_router()], **common),
-        "main": build_app(service=SERVICES["main"], title="streamplat Main App", route_handlers=[main_stream_router()], **common),
-        "stream": build_app(service=SERVICES["stream"], title="streamplat Stream App", route_handlers=[stream_app_router()], **common),
-        "vod": build_app(service=SERVICES["vod"], title="streamplat VOD service", route_handlers=[vod_router()], **common),
+        name: build_app(service=SERVICES[name], title=title, route_handlers=handlers, **common)
+        for name, (title, handlers) in routes.items()
     }
 
 

@@ -45,6 +45,7 @@ class ServerSettings(_Section):
 class StorageSettings(_Section):
     data_dir: str = "./data"
     database_url: str = ""
+    min_free_bytes: int = 1 << 30  # below this much free space in data_dir, new streams are refused
 
 
 class AuthSettings(_Section):
@@ -81,6 +82,11 @@ class VodSettings(_Section):
     job_timeout_seconds: float = 3600.0
 
 
+class WebsocketSettings(_Section):
+    queue_size: int = 100
+    auth_timeout_seconds: float = 5.0
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -94,6 +100,7 @@ class Settings(_Section):
     ffmpeg: FFmpegSettings = msgspec.field(default_factory=FFmpegSettings)
     ingest: IngestSettingsSection = msgspec.field(default_factory=IngestSettingsSection)
     vod: VodSettings = msgspec.field(default_factory=VodSettings)
+    websocket: WebsocketSettings = msgspec.field(default_factory=WebsocketSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     # --- derived values (not keys) ---------------------------------------------------------
@@ -122,7 +129,7 @@ class Settings(_Section):
         """The FFmpeg to run: the configured one, else the one shipped by imageio-ffmpeg."""
         if self.ffmpeg.binary:
             return self.ffmpeg.binary
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # type: ignore[import-untyped]
 
         return str(imageio_ffmpeg.get_ffmpeg_exe())
 
@@ -143,7 +150,9 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if "__" not in path:
             if path in {"config", "data_dir", "admin_password"}:  # CLI conveniences, read by the CLI
                 continue
-            raise ConfigError(f"{name}: expected STREAMPLAT_<SECTION>__<KEY>, e.g. STREAMPLAT_SERVER__MAIN_PORT")
+            raise ConfigError(
+                f"{name}: expected STREAMPLAT_<SECTION>__<KEY>, e.g. STREAMPLAT_SERVER__MAIN_PORT"
+            )
         section, key = path.split("__", 1)
         if section not in sections:
             raise ConfigError(f"{name}: unknown section {section!r} (known: {', '.join(sorted(sections))})")
@@ -154,7 +163,8 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
 
 
 def _convert_error(exc: msgspec.ValidationError) -> ConfigError:
-    # msgspec says e.g. "Expected `int`, got `str` - at `$.server.main_port`"; turn the path into the key name.
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.server.main_port`";
+    # turn the path into the key name.
     text = str(exc)
     message, _, where = text.partition(" - at `$")
     key = where.rstrip("`").lstrip(".") if where else ""
@@ -167,8 +177,12 @@ def _convert_error(exc: msgspec.ValidationError) -> ConfigError:
 
 def _validate(settings: Settings) -> None:
     s = settings.server
-    ports = {"server.auth_port": s.auth_port, "server.main_port": s.main_port,
-             "server.stream_port": s.stream_port, "server.vod_port": s.vod_port}
+    ports = {
+        "server.auth_port": s.auth_port,
+        "server.main_port": s.main_port,
+        "server.stream_port": s.stream_port,
+        "server.vod_port": s.vod_port,
+    }
     for key, port in ports.items():
         if not 0 <= port <= 65535:
             raise ConfigError(f"{key}: {port} is not a TCP port (0-65535)")
@@ -179,17 +193,22 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"server.public_host: {s.public_host!r} is not a host name or address")
     if s.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
+    if settings.storage.min_free_bytes < 0:
+        raise ConfigError("storage.min_free_bytes: must be 0 (no floor) or more")
     a = settings.auth
     if a.access_token_ttl_seconds < 60:
         raise ConfigError("auth.access_token_ttl_seconds: must be at least 60")
     if a.refresh_token_ttl_seconds < a.access_token_ttl_seconds:
-        raise ConfigError("auth.refresh_token_ttl_seconds: must not be shorter than the access token lifetime")
+        raise ConfigError(
+            "auth.refresh_token_ttl_seconds: must not be shorter than the access token lifetime"
+        )
     if a.jwt_secret and len(a.jwt_secret) < 32:
         raise ConfigError("auth.jwt_secret: must be at least 32 characters (or empty to generate one)")
     if not 1 <= a.password_hash_threads <= 32:
         raise ConfigError("auth.password_hash_threads: must be between 1 and 32")
     r = settings.rate_limit
-    for key, value in (("login_per_minute", r.login_per_minute), ("register_per_minute", r.register_per_minute)):
+    limits = (("login_per_minute", r.login_per_minute), ("register_per_minute", r.register_per_minute))
+    for key, value in limits:
         if value < 0:
             raise ConfigError(f"rate_limit.{key}: must be 0 (unlimited) or more")
     i = settings.ingest
@@ -213,6 +232,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("vod.workers: must be between 1 and 16")
     if settings.vod.job_timeout_seconds <= 0:
         raise ConfigError("vod.job_timeout_seconds: must be more than 0")
+    w = settings.websocket
+    if not 1 <= w.queue_size <= 100_000:
+        raise ConfigError("websocket.queue_size: must be between 1 and 100000")
+    if not 0 < w.auth_timeout_seconds <= 300:
+        raise ConfigError("websocket.auth_timeout_seconds: must be more than 0 and at most 300")
 
 
 def load(

@@ -119,6 +119,7 @@ class RecordingReady(Event):
     duration_seconds: float
     file_path: str
     thumbnail_path: str
+    processing_seconds: float | None = None  # how long packaging took (None when unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class RecordingFailed(Event):
     stream_id: str
     user_id: int
     reason: str
+    processing_seconds: float | None = None  # how long the failed attempt took (None when unknown)
 
 
 E = TypeVar("E", bound=Event)

@@ -1,4 +1,4 @@
-"""What every port shares: request ids and access logs, health, CORS, OpenAPI, error handlers."""
+"""What every port shares: request ids, access logs, request metrics, health, CORS, OpenAPI, errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Litestar, Request, Response, get
@@ -14,7 +14,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, ReceiveMessage, Scope, Send
 
 from streamplat.db import isoformat, utcnow
 from streamplat.errors import exception_handlers
@@ -22,43 +22,84 @@ from streamplat.logs import request_id_var
 
 access_log = logging.getLogger("streamplat.access")
 
+# Route label of a request no route matched (404, 405): never the raw path, which callers choose.
+UNMATCHED_ROUTE = "unmatched"
+
+RequestObserver = Callable[[str, str, str, int, float], None]
+"""Called once per answered HTTP request: (service, route template, method, status, seconds)."""
+
 
 class RequestContext:
-    """ASGI middleware: a request id per request (X-Request-ID in and out) and one access log line."""
+    """ASGI middleware: a request id per request (X-Request-ID in and out), one access log line
+    and one metrics observation per HTTP request, and one log line per WebSocket connection."""
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
+    def __init__(self, app: ASGIApp, service: str, observe: RequestObserver | None = None) -> None:
         self.app = app
         self.service = service
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = str(scope["type"])
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        # Read as a plain dict: the ASGI TypedDicts differ per scope and message type.
+        raw: dict[str, Any] = cast("dict[str, Any]", scope)
+        incoming = dict(raw["headers"]).get(b"x-request-id", b"").decode("latin-1")
         # Accept a caller's id only if it is short and plain, so it cannot forge log lines.
-        request_id = incoming if 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        plain = 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum()
+        request_id = incoming if plain else uuid.uuid4().hex
+        raw.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 0
+        status = 0  # HTTP: the response status; WebSocket: the close code, whoever closed first
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            m = cast("dict[str, Any]", message)
+            if m["type"] in ("http.response.start", "websocket.http.response.start"):
+                status = int(m["status"])
+                m["headers"] = [*(m.get("headers") or []), (b"x-request-id", request_id.encode())]
+            elif m["type"] == "websocket.accept":
+                m["headers"] = [*(m.get("headers") or []), (b"x-request-id", request_id.encode())]
+            elif m["type"] == "websocket.close" and not status:
+                status = int(m.get("code") or 1000)
             await send(message)
 
+        async def receive_noting_close() -> ReceiveMessage:
+            nonlocal status
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and not status:
+                status = int(cast("dict[str, Any]", message).get("code") or 1005)
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_close if kind == "websocket" else receive, send_with_id)
+        except BaseException:
+            if status == 0 and kind == "http":
+                status = 500  # what uvicorn answers for an app that raised before answering
+            raise
         finally:
-            if scope["type"] == "http":
+            elapsed = time.perf_counter() - started
+            if kind == "http":
                 access_log.info(
                     "%s %s %s %.1fms",
-                    scope["method"],
-                    scope["path"],
+                    raw["method"],
+                    raw["path"],
                     status,
-                    (time.perf_counter() - started) * 1000,
+                    elapsed * 1000,
+                    extra={"service": self.service},
+                )
+                if self.observe is not None:
+                    route = raw.get("path_template") or UNMATCHED_ROUTE
+                    self.observe(self.service, route, raw["method"], status, elapsed)
+            else:
+                # One line per connection, when it ends; the path never includes the ?token=.
+                access_log.info(
+                    "WEBSOCKET %s closed %s after %.1fs",
+                    raw["path"],
+                    status,
+                    elapsed,
                     extra={"service": self.service},
                 )
             request_id_var.reset(token)
@@ -72,17 +113,20 @@ class HealthOut(msgspec.Struct, omit_defaults=True):
 
 
 def health_route(service: str) -> Any:
-    """GET /health for `service`: 200 healthy, 503 unhealthy with the reason."""
+    """GET /health for `service`: 200 healthy, 200 degraded or 503 unhealthy with the reason."""
 
     @get("/health", tags=["health"], name=f"{service}-health")
     async def health(request: Request[Any, Any, Any]) -> Response[HealthOut]:
-        """Report whether this service can do its work (database reachable, data directory writable)."""
-        problem = await request.app.state.platform.health_problem()
+        """Report whether this service can work: healthy, degraded (200, with why) or unhealthy (503)."""
+        platform = request.app.state.platform
+        problem: str | None = await platform.health_problem()
+        # Degraded: up and serving, but refusing some work (e.g. new streams on a nearly full disk).
+        warning: str | None = None if problem else platform.health_warning()
         body = HealthOut(
-            status="unhealthy" if problem else "healthy",
+            status="unhealthy" if problem else "degraded" if warning else "healthy",
             service=service,
             timestamp=isoformat(utcnow()) or "",
-            reason=problem,
+            reason=problem or warning,
         )
         return Response(body, status_code=503 if problem else 200)
 
@@ -98,18 +142,25 @@ def build_app(
     cors_origins: list[str],
     max_body_bytes: int,
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    observe_request: RequestObserver | None = None,
 ) -> Litestar:
     """A Litestar app for one port, with the shared error handlers, health, CORS and OpenAPI."""
     from streamplat import __version__
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health_route(service), *route_handlers],
         exception_handlers=exception_handlers(),
         cors_config=CORSConfig(
             allow_origins=cors_origins,
             allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS", "HEAD"],
             allow_headers=["Authorization", "Content-Type", "Range", "X-Request-ID"],
-            expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "X-Request-ID", "Retry-After"],
+            expose_headers=[
+                "Content-Length",
+                "Content-Range",
+                "Accept-Ranges",
+                "X-Request-ID",
+                "Retry-After",
+            ],
             max_age=600,
         ),
         openapi_config=OpenAPIConfig(
@@ -118,9 +169,12 @@ def build_app(
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
         ),
-        middleware=[lambda app: RequestContext(app, service)],
         request_max_body_size=max_body_bytes,
         state=State({"platform": platform}),
         logging_config=None,
         on_shutdown=list(on_shutdown),
     )
+    # Around routing, not as a route middleware (Litestar's `middleware=` only wraps matched
+    # routes): unknown paths and 405s get a request id, an access line and a count as well.
+    app.asgi_handler = RequestContext(app.asgi_handler, service, observe_request)
+    return app

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import json
 import logging
 import sys
+from collections.abc import Iterator
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The stream a background job works for: modules that only put it in their message text (e.g. VOD
+# packaging) still get the structured `stream_id` field on every line logged inside the job.
+stream_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("stream_id", default=None)
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -17,7 +22,33 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        if getattr(record, "stream_id", None) is None:
+            record.stream_id = stream_id_var.get()
         return True
+
+
+@contextlib.contextmanager
+def detached_from_request() -> Iterator[None]:
+    """Code run inside, and tasks it starts, log without the current request's id.
+
+    Tasks copy the context they are created in: an FFmpeg supervisor task started by a
+    request would otherwise tag hours of its log lines with that one request's id.
+    """
+    token = request_id_var.set(None)
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
+
+
+@contextlib.contextmanager
+def stream_context(stream_id: str) -> Iterator[None]:
+    """Every line logged inside carries `stream_id` as a structured field."""
+    token = stream_id_var.set(stream_id)
+    try:
+        yield
+    finally:
+        stream_id_var.reset(token)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
@@ -48,7 +79,8 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        body.update({k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in _extras(record).items()})
+        extras = _extras(record).items()
+        body.update({k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in extras})
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
         return json.dumps(body, ensure_ascii=False)

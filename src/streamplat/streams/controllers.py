@@ -24,7 +24,7 @@ from streamplat.streams.schemas import (
     StreamStatus,
     StreamStopped,
 )
-from streamplat.streams.services import StreamService, is_stream_id, uptime_seconds
+from streamplat.streams.services import StreamService, is_stream_id
 from streamplat.streams.viewers import viewer_key
 from streamplat.validation import ValidatedBody
 
@@ -72,7 +72,9 @@ async def list_live_streams(
     principal: Principal, streams: StreamService, limit: Limit = 50, offset: Offset = 0
 ) -> StreamList:
     """Every live stream (waiting or active) of every user, for a viewer's home page."""
-    return await streams.list_streams(principal, status=None, user_id=None, limit=limit, offset=offset, live_only=True)
+    return await streams.list_streams(
+        principal, status=None, user_id=None, limit=limit, offset=offset, live_only=True
+    )
 
 
 @get("/api/streams/{stream_id:str}", guards=[requires_login], responses=responses(401, 404))
@@ -85,7 +87,7 @@ async def get_stream(stream_id: str, principal: Principal, streams: StreamServic
     "/api/streams/{stream_id:str}/start",
     status_code=200,
     guards=[requires_login],
-    responses=responses(401, 403, 404, 409, 503),
+    responses=responses(401, 403, 404, 409, 503, 507),
 )
 async def start_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamStarted:
     """Open the stream's SRT listener; point OBS at the returned srt_url."""
@@ -114,7 +116,12 @@ async def rotate_key(stream_id: str, principal: Principal, streams: StreamServic
     return await streams.rotate_key(stream_id, principal)
 
 
-@delete("/api/streams/{stream_id:str}", status_code=200, guards=[requires_login], responses=responses(401, 403, 404))
+@delete(
+    "/api/streams/{stream_id:str}",
+    status_code=200,
+    guards=[requires_login],
+    responses=responses(401, 403, 404),
+)
 async def delete_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamDeleted:
     """Delete the stream (a live one is stopped first); its recording stays."""
     return await streams.delete_stream(stream_id, principal)
@@ -124,9 +131,20 @@ def main_stream_router() -> Router:
     """Stream routes of the Main App."""
     return Router(
         path="/",
-        route_handlers=[create_stream, list_streams, list_live_streams, get_stream, start_stream, stop_stream,
-                        rotate_key, delete_stream],
-        dependencies={"principal": Provide(provide_principal), "streams": Provide(provide_streams, sync_to_thread=False)},
+        route_handlers=[
+            create_stream,
+            list_streams,
+            list_live_streams,
+            get_stream,
+            start_stream,
+            stop_stream,
+            rotate_key,
+            delete_stream,
+        ],
+        dependencies={
+            "principal": Provide(provide_principal),
+            "streams": Provide(provide_streams, sync_to_thread=False),
+        },
         tags=["streams"],
     )
 
@@ -166,7 +184,9 @@ def _touch(request: Request[Any, Any, Any], streams: StreamService, stream_id: s
 
 
 @get("/hls/{stream_id:str}/stream.m3u8", responses=responses(404), media_type="application/vnd.apple.mpegurl")
-async def hls_playlist(request: Request[Any, Any, Any], stream_id: str, streams: StreamService) -> Response[bytes]:
+async def hls_playlist(
+    request: Request[Any, Any, Any], stream_id: str, streams: StreamService
+) -> Response[bytes]:
     """The live HLS playlist (no token needed; plain hls.js plays it)."""
     if not is_stream_id(stream_id):
         raise NotFound("Stream not found")
@@ -182,7 +202,9 @@ async def hls_playlist(request: Request[Any, Any, Any], stream_id: str, streams:
 
 
 @get("/hls/{stream_id:str}/{segment:str}", responses=responses(404), media_type="video/mp2t")
-async def hls_segment(request: Request[Any, Any, Any], stream_id: str, segment: str, streams: StreamService) -> Response[Any]:
+async def hls_segment(
+    request: Request[Any, Any, Any], stream_id: str, segment: str, streams: StreamService
+) -> Response[Any]:
     """One MPEG-TS segment of the stream."""
     if not is_stream_id(stream_id):
         raise NotFound("Stream not found")

@@ -9,25 +9,25 @@ VOD domain can turn its media into a recording.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import logging
 import re
 import secrets
 import shutil
-import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth import Principal, User
 from streamplat.db import isoformat, utcnow
-from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
+from streamplat.errors import Conflict, Forbidden, InsufficientStorage, NotFound, ServiceUnavailable
 from streamplat.events import (
     EventBus,
     IngestGaveUp,
@@ -37,6 +37,7 @@ from streamplat.events import (
     StreamStatusChanged,
     ViewerCountChanged,
 )
+from streamplat.logs import detached_from_request
 from streamplat.streams.models import ACTIVE, CREATED, LIVE_STATUSES, STOPPED, WAITING, Stream
 from streamplat.streams.portpool import PortPool, PortPoolExhausted
 from streamplat.streams.schemas import (
@@ -58,14 +59,23 @@ STREAM_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 
 
 class IngestStatusLike(Protocol):
-    ffmpeg_running: bool
-    publisher_connected: bool
-    started_at: float
-    connected_at: float | None
-    restarts: int
-    last_error: str | None
-    bitrate_kbps: float | None
-    fps: float | None
+    # Read-only members, so the supervisor's frozen snapshot dataclass matches.
+    @property
+    def ffmpeg_running(self) -> bool: ...
+    @property
+    def publisher_connected(self) -> bool: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def connected_at(self) -> float | None: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def bitrate_kbps(self) -> float | None: ...
+    @property
+    def fps(self) -> float | None: ...
 
 
 class Ingest(Protocol):
@@ -118,6 +128,7 @@ class StreamService:
         public_host: str,
         finalise_playlist: PlaylistFinaliser,
         viewer_push_interval: float = 2.0,
+        storage_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -128,6 +139,10 @@ class StreamService:
         self._links = StreamLinks(public_host)
         self._finalise_playlist = finalise_playlist
         self._viewer_push_interval = viewer_push_interval
+        self._storage_problem = storage_problem
+        # Streams this process has live; only their HLS fetches count as viewers (a stopped
+        # stream's final playlist stays readable, but nobody watches it live any more).
+        self._live: set[str] = set()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
@@ -156,7 +171,9 @@ class StreamService:
             try:
                 await self.stop_stream(stream_id, reason="server shut down")
             except Exception:
-                log.exception("stopping stream=%s at shutdown failed", stream_id, extra={"stream_id": stream_id})
+                log.exception(
+                    "stopping stream=%s at shutdown failed", stream_id, extra={"stream_id": stream_id}
+                )
         self._bus.unsubscribe(PublisherConnected, self._on_connected)
         self._bus.unsubscribe(PublisherDisconnected, self._on_disconnected)
         self._bus.unsubscribe(IngestGaveUp, self._on_gave_up)
@@ -167,13 +184,18 @@ class StreamService:
 
     async def _live_ids(self) -> list[str]:
         async with self._sessions() as session:
-            return list((await session.scalars(select(Stream.id).where(Stream.status.in_(LIVE_STATUSES)))).all())
+            return list(
+                (await session.scalars(select(Stream.id).where(Stream.status.in_(LIVE_STATUSES)))).all()
+            )
 
     async def reconcile(self) -> None:
         """Streams left live by a crash: finalise their playlists, stop them, hand media to VOD."""
         for stream_id in await self._live_ids():
-            log.warning("stream=%s was live when the server stopped; stopping it", stream_id,
-                        extra={"stream_id": stream_id})
+            log.warning(
+                "stream=%s was live when the server stopped; stopping it",
+                stream_id,
+                extra={"stream_id": stream_id},
+            )
             hls_dir = self.hls_dir(stream_id)
             if hls_dir.exists():
                 self._finalise_playlist(hls_dir)
@@ -190,7 +212,9 @@ class StreamService:
             raise NotFound("Stream not found")
         row = (
             await session.execute(
-                select(Stream, User.username).join(User, User.id == Stream.user_id).where(Stream.id == stream_id)
+                select(Stream, User.username)
+                .join(User, User.id == Stream.user_id)
+                .where(Stream.id == stream_id)
             )
         ).first()
         if row is None:
@@ -272,7 +296,7 @@ class StreamService:
         """A page of streams, newest first: the caller's own, everyone's for admins or live_only."""
         query = select(Stream, User.username).join(User, User.id == Stream.user_id)
         count = select(func.count(Stream.id))
-        conditions = []
+        conditions: list[ColumnElement[bool]] = []
         if live_only:
             conditions.append(Stream.status.in_(LIVE_STATUSES))
         elif actor.is_admin:
@@ -290,7 +314,9 @@ class StreamService:
         async with self._sessions() as session:
             total = await session.scalar(count) or 0
             rows = (
-                await session.execute(query.order_by(Stream.created_at.desc(), Stream.id).limit(limit).offset(offset))
+                await session.execute(
+                    query.order_by(Stream.created_at.desc(), Stream.id).limit(limit).offset(offset)
+                )
             ).all()
         return StreamList(
             streams=[self._summary(stream, username) for stream, username in rows],
@@ -334,31 +360,41 @@ class StreamService:
 
     async def start_stream(self, stream_id: str, actor: Principal) -> StreamStarted:
         """Open an SRT listener for the stream (status "waiting") and return the URL for OBS."""
-        async with self._locks[stream_id]:
-            async with self._sessions() as session:
-                stream, _ = await self._get(session, stream_id)
-                self._require_owner(stream, actor)
-                if stream.status in LIVE_STATUSES:
-                    raise Conflict("Stream is already started")
-                if stream.status == STOPPED:
-                    raise Conflict("Stream has ended; create a new stream to go live again")
-                try:
-                    port = self._ports.acquire()
-                except PortPoolExhausted as exc:
-                    raise ServiceUnavailable(f"No SRT port is free: {exc}. Try again when a stream ends.") from None
-                hls_dir = self.hls_dir(stream.id)
-                try:
-                    hls_dir.mkdir(parents=True, exist_ok=True)
+        async with self._locks[stream_id], self._sessions() as session:
+            stream, _ = await self._get(session, stream_id)
+            self._require_owner(stream, actor)
+            if stream.status in LIVE_STATUSES:
+                raise Conflict("Stream is already started")
+            if stream.status == STOPPED:
+                raise Conflict("Stream has ended; create a new stream to go live again")
+            # Checked last, so a caller who may not start this stream learns nothing of the disk.
+            # Live streams are left alone: cutting a broadcast off is worse than a fuller disk.
+            if problem := self._storage_problem():
+                raise InsufficientStorage(f"Not enough free disk space to start a stream: {problem}")
+            try:
+                port = self._ports.acquire()
+            except PortPoolExhausted as exc:
+                raise ServiceUnavailable(
+                    f"No SRT port is free: {exc}. Try again when a stream ends."
+                ) from None
+            hls_dir = self.hls_dir(stream.id)
+            try:
+                hls_dir.mkdir(parents=True, exist_ok=True)
+                # The listener's task outlives this request: its log lines are not the request's.
+                with detached_from_request():
                     await self._ingest.start(stream.id, port, stream.stream_key, hls_dir)
-                except Exception as exc:
-                    self._ports.release(port)
-                    log.exception("stream=%s could not start its listener", stream.id, extra={"stream_id": stream.id})
-                    raise ServiceUnavailable(f"Could not start the SRT listener: {exc}") from None
-                stream.status = WAITING
-                stream.port = port
-                stream.started_at = utcnow()
-                stream.status_reason = None
-                await session.commit()
+            except Exception as exc:
+                self._ports.release(port)
+                log.exception(
+                    "stream=%s could not start its listener", stream.id, extra={"stream_id": stream.id}
+                )
+                raise ServiceUnavailable(f"Could not start the SRT listener: {exc}") from None
+            stream.status = WAITING
+            stream.port = port
+            stream.started_at = utcnow()
+            stream.status_reason = None
+            await session.commit()
+        self._live.add(stream.id)
         log.info("stream=%s waiting on port %s", stream.id, port, extra={"stream_id": stream.id})
         await self._bus.publish(StreamStatusChanged(stream.id, WAITING, stream.user_id))
         return StreamStarted(
@@ -371,7 +407,9 @@ class StreamService:
             stream_key=stream.stream_key,
         )
 
-    async def stop_stream(self, stream_id: str, actor: Principal | None = None, reason: str | None = None) -> StreamStopped:
+    async def stop_stream(
+        self, stream_id: str, actor: Principal | None = None, reason: str | None = None
+    ) -> StreamStopped:
         """Stop a live stream: end FFmpeg gracefully, free the port, queue the recording."""
         async with self._locks[stream_id]:
             async with self._sessions() as session:
@@ -408,8 +446,11 @@ class StreamService:
             await session.commit()
         if port is not None:
             self._ports.release(port)
+        self._live.discard(stream_id)
         self.viewers.forget(stream_id)
-        log.info("stream=%s stopped%s", stream_id, f" ({reason})" if reason else "", extra={"stream_id": stream_id})
+        log.info(
+            "stream=%s stopped%s", stream_id, f" ({reason})" if reason else "", extra={"stream_id": stream_id}
+        )
         await self._bus.publish(StreamStatusChanged(stream_id, STOPPED, stream.user_id, reason))
         hls_dir = self.hls_dir(stream_id)
         recorded = _has_segments(hls_dir)
@@ -438,10 +479,8 @@ class StreamService:
             self._require_owner(stream, actor)
             live = stream.status in LIVE_STATUSES
         if live:
-            try:
+            with contextlib.suppress(Conflict):  # it stopped on its own meanwhile
                 await self.stop_stream(stream_id, actor, reason="stream deleted")
-            except Conflict:
-                pass  # it stopped on its own meanwhile
         async with self._locks[stream_id], self._sessions() as session:
             stream, _ = await self._get(session, stream_id)
             await session.delete(stream)
@@ -461,7 +500,13 @@ class StreamService:
             stream.status_reason = reason
             await session.commit()
             user_id = stream.user_id
-        log.info("stream=%s is %s%s", stream_id, status, f" ({reason})" if reason else "", extra={"stream_id": stream_id})
+        log.info(
+            "stream=%s is %s%s",
+            stream_id,
+            status,
+            f" ({reason})" if reason else "",
+            extra={"stream_id": stream_id},
+        )
         await self._bus.publish(StreamStatusChanged(stream_id, status, user_id, reason))
 
     async def _on_connected(self, event: PublisherConnected) -> None:
@@ -475,7 +520,9 @@ class StreamService:
         # in a task of our own instead of inside the handler.
         if self._tasks is None or self._closing:
             return
-        self._tasks.create_task(self._auto_stop(event.stream_id, event.reason), name=f"auto-stop-{event.stream_id}")
+        self._tasks.create_task(
+            self._auto_stop(event.stream_id, event.reason), name=f"auto-stop-{event.stream_id}"
+        )
 
     async def _auto_stop(self, stream_id: str, reason: str) -> None:
         try:
@@ -488,8 +535,9 @@ class StreamService:
     # --- viewers -------------------------------------------------------------------------------
 
     def touch_viewer(self, stream_id: str, client_key: str) -> None:
-        """An HLS client fetched the playlist or a segment of the stream."""
-        self.viewers.touch(stream_id, client_key)
+        """An HLS client fetched the playlist or a segment of the stream (counted while it is live)."""
+        if stream_id in self._live:
+            self.viewers.touch(stream_id, client_key)
 
     async def _push_viewer_counts(self) -> None:
         # Viewer counts change with every fetch; announcing them on a fixed beat keeps the
@@ -513,10 +561,3 @@ def _has_segments(hls_dir: Path) -> bool:
         return any(p.stat().st_size > 0 for p in hls_dir.glob("segment_*.ts"))
     except OSError:
         return False
-
-
-def uptime_seconds(started_at: dt.datetime | None) -> int:
-    """Seconds since `started_at` (0 when unknown)."""
-    if started_at is None:
-        return 0
-    return max(0, int(time.time() - started_at.timestamp()))

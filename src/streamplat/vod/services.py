@@ -22,6 +22,7 @@ from streamplat.auth import Principal, User
 from streamplat.db import isoformat
 from streamplat.errors import Conflict, Forbidden, NotFound
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
+from streamplat.logs import stream_context
 from streamplat.vod.models import FAILED, PROCESSING, READY, Recording
 from streamplat.vod.packaging import PackagingError, has_media, package_recording
 from streamplat.vod.schemas import Pagination, RecordingDeleted, RecordingList, RecordingOut, RetryStarted
@@ -154,6 +155,11 @@ class RecordingService:
                 self._running.pop(stream_id, None)
 
     async def _process(self, stream_id: str) -> None:
+        # packaging.py names the stream only in its message text; the context adds the field.
+        with stream_context(stream_id):
+            await self._package(stream_id)
+
+    async def _package(self, stream_id: str) -> None:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
             if rec is None or rec.status != PROCESSING:
@@ -173,7 +179,7 @@ class RecordingService:
                 self._ffmpeg, media_dir, out_dir, timeout_seconds=self._job_timeout, stream_id=stream_id
             )
         except PackagingError as exc:
-            await self._fail(stream_id, user_id, exc.reason)
+            await self._fail(stream_id, user_id, exc.reason, loop.time() - started)
             return
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
@@ -190,12 +196,13 @@ class RecordingService:
             await session.commit()
         # The MP4 now holds every segment: the live copy is no longer needed.
         shutil.rmtree(media_dir, ignore_errors=True)
+        elapsed = loop.time() - started
         log.info(
             "stream=%s recording ready: %.1f s, %d bytes, packaged in %.2f s",
             stream_id,
             result.duration_seconds,
             result.file_size_bytes,
-            loop.time() - started,
+            elapsed,
             extra={"stream_id": stream_id},
         )
         await self._bus.publish(
@@ -205,10 +212,11 @@ class RecordingService:
                 result.duration_seconds,
                 web_path(stream_id, "video.mp4"),
                 web_path(stream_id, "thumbnail.jpg"),
+                processing_seconds=elapsed,
             )
         )
 
-    async def _fail(self, stream_id: str, user_id: int, reason: str) -> None:
+    async def _fail(self, stream_id: str, user_id: int, reason: str, processing_seconds: float) -> None:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
             if rec is None:
@@ -217,7 +225,7 @@ class RecordingService:
             rec.error = reason
             await session.commit()
         log.error("stream=%s recording failed: %s", stream_id, reason, extra={"stream_id": stream_id})
-        await self._bus.publish(RecordingFailed(stream_id, user_id, reason))
+        await self._bus.publish(RecordingFailed(stream_id, user_id, reason, processing_seconds))
 
     # --- queries and commands --------------------------------------------------------------------
 
