@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	@touch $(STAMP)
 
-system-deps: ## install what the tests need outside Python (Node.js for the spec client), if missing
-	@command -v node >/dev/null 2>&1 || { echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
+system-deps: ## install what the tests need outside Python (Node.js, Chromium, fonts) with apt-get, if missing
+	@missing=""; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 serve: $(STAMP) ## run the server (all four ports) with ./config.toml
 	$(BIN)/streamplat serve
