@@ -48,7 +48,8 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
         validate(RegisterIn, {"email": email, "username": username, "password": password, "role": "admin"})
     async with Platform(settings) as platform:
         user, created = await platform.auth.create_admin(email, username, password)
-    return f"{'created' if created else 'promoted'} admin id={user.id} username={user.username} email={user.email}"
+    verb = "created" if created else "promoted"
+    return f"{verb} admin id={user.id} username={user.username} email={user.email}"
 
 
 def _cmd_create_admin(args: argparse.Namespace) -> int:
@@ -101,8 +102,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `streamplat` command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="config file (default: ./config.toml if present, or $STREAMPLAT_CONFIG)")
-    common.add_argument("--data-dir", metavar="DIR", help="data directory: database, HLS, recordings, secrets (overrides storage.data_dir)")
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: ./config.toml if present, or $STREAMPLAT_CONFIG)",
+    )
+    common.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory: database, HLS, recordings, secrets (overrides storage.data_dir)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="streamplat",
@@ -128,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--password, else $STREAMPLAT_ADMIN_PASSWORD, else a prompt.",
     )
     p.add_argument("--email", required=True, help="the admin's email (an existing user with it is promoted)")
-    p.add_argument("--username", required=True, help="username for a new admin (3-32 of letters, digits, _ . -)")
-    p.add_argument("--password", help="password (6-128 characters); prefer the prompt or the environment variable")
+    p.add_argument(
+        "--username", required=True, help="username for a new admin (3-32 of letters, digits, _ . -)"
+    )
+    p.add_argument(
+        "--password", help="password (6-128 characters); prefer the prompt or the environment variable"
+    )
     p.set_defaults(func=_cmd_create_admin)
 
     p = sub.add_parser(

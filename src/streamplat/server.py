@@ -61,7 +61,11 @@ def bind_sockets(host: str, port: int, name: str) -> list[socket.socket]:
         except OSError as exc:
             sock.close()
             # A machine without IPv6 still serves localhost over IPv4.
-            if family == socket.AF_INET6 and len(addresses) > 1 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            if (
+                family == socket.AF_INET6
+                and len(addresses) > 1
+                and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+            ):
                 log.warning("IPv6 address %s unavailable; %s listens on IPv4 only", address, name)
                 continue
             for s in bound:
@@ -100,6 +104,10 @@ async def serve(settings: Settings) -> None:
                         access_log=False,
                         server_header=False,
                         timeout_graceful_shutdown=int(settings.server.shutdown_timeout_seconds),
+                        # Players poll every segment and API clients every few seconds; uvicorn's
+                        # 5 s default closes idle connections just as clients reuse them
+                        # ("connection reset by peer"). 75 s is nginx's default.
+                        timeout_keep_alive=75,
                         ws_ping_interval=20.0,
                         ws_ping_timeout=20.0,
                     )
@@ -110,11 +118,19 @@ async def serve(settings: Settings) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            tasks = {name: asyncio.create_task(server.serve(sockets=sockets[name])) for name, server in servers.items()}
+            tasks = {
+                name: asyncio.create_task(server.serve(sockets=sockets[name]))
+                for name, server in servers.items()
+            }
             for name, group in sockets.items():
                 for sock in group:
                     addr = sock.getsockname()
-                    log.info("%s listening on http://%s:%s", SERVICES[name], f"[{addr[0]}]" if ":" in addr[0] else addr[0], addr[1])
+                    log.info(
+                        "%s listening on http://%s:%s",
+                        SERVICES[name],
+                        f"[{addr[0]}]" if ":" in addr[0] else addr[0],
+                        addr[1],
+                    )
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
             if waiter not in done:

@@ -65,13 +65,14 @@ def _messages(t: msgspec.inspect.Type, value: Any, extra: dict[str, Any] | None 
         problems = []
         if t.min_length is not None and len(value) < t.min_length:
             problems.append(
-                "is required" if t.min_length == 1 and not value else f"minimum {t.min_length} characters required"
+                "is required"
+                if t.min_length == 1 and not value
+                else f"minimum {t.min_length} characters required"
             )
         if t.max_length is not None and len(value) > t.max_length:
             problems.append(f"maximum {t.max_length} characters allowed")
-        if t.pattern is not None and not problems:
-            if not re.search(t.pattern, value):
-                problems.append(str((extra or {}).get("message", "has an invalid format")))
+        if t.pattern is not None and not problems and not re.search(t.pattern, value):
+            problems.append(str((extra or {}).get("message", "has an invalid format")))
         return problems
     if isinstance(t, msgspec.inspect.BoolType):
         return [] if isinstance(value, bool) else ["must be true or false"]

@@ -98,7 +98,9 @@ async def logout(request: Request[Any, Any, Any], data: RefreshIn) -> MessageOut
 @get("/auth/validate", responses=responses(401))
 async def validate_token(principal: Principal) -> ValidateOut:
     """Check an access token and return who it belongs to."""
-    return ValidateOut(valid=True, user=TokenUser(id=principal.id, username=principal.username, role=principal.role))
+    return ValidateOut(
+        valid=True, user=TokenUser(id=principal.id, username=principal.username, role=principal.role)
+    )
 
 
 @get("/auth/users", guards=[requires_role("admin")], responses=responses(401, 403, 422))

@@ -34,7 +34,10 @@ class PasswordHashing:
 
         def check() -> bool:
             try:
-                return self._hasher.verify(password_hash or self._dummy_hash, password) and password_hash is not None
+                return (
+                    self._hasher.verify(password_hash or self._dummy_hash, password)
+                    and password_hash is not None
+                )
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
 

@@ -216,8 +216,10 @@ class AuthService:
             user = await session.get(User, user_id)
             if user is None:
                 raise NotFound("User not found")
-            losing_admin = user.role == "admin" and user.is_active and (
-                (data.role is not None and data.role != "admin") or data.is_active is False
+            losing_admin = (
+                user.role == "admin"
+                and user.is_active
+                and ((data.role is not None and data.role != "admin") or data.is_active is False)
             )
             if losing_admin:
                 admins = await session.scalar(

@@ -88,7 +88,9 @@ class TokenIssuer:
         if claims.get("type") != "access":
             raise InvalidToken("not an access token")
         try:
-            return AccessClaims(int(claims["sub"]), str(claims.get("role", "")), str(claims.get("username", "")))
+            return AccessClaims(
+                int(claims["sub"]), str(claims.get("role", "")), str(claims.get("username", ""))
+            )
         except (TypeError, ValueError):
             raise InvalidToken("bad subject") from None
 

@@ -12,7 +12,13 @@ from streamplat.auth import Principal, optional_principal, provide_principal, re
 from streamplat.errors import NotFound, responses
 from streamplat.httpfiles import file_response
 from streamplat.streams import is_stream_id
-from streamplat.vod.schemas import RecordingDeleted, RecordingList, RecordingOut, RecordingStatus, RetryStarted
+from streamplat.vod.schemas import (
+    RecordingDeleted,
+    RecordingList,
+    RecordingOut,
+    RecordingStatus,
+    RetryStarted,
+)
 from streamplat.vod.services import RecordingService
 
 FILE_HEADERS = {"Cache-Control": "public, max-age=300"}
@@ -50,13 +56,17 @@ async def list_recordings(
 
 
 @get("/api/v1/recordings/{stream_id:str}", responses=responses(401, 404))
-async def get_recording(request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService) -> RecordingOut:
+async def get_recording(
+    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
+) -> RecordingOut:
     """One recording by the id of the stream it was made from."""
     await _accept_optional_token(request)
     return await recordings.get_recording(_checked(stream_id))
 
 
-async def _serve(request: Request[Any, Any, Any], recordings: RecordingService, stream_id: str, name: str, media_type: str) -> Response[Any]:
+async def _serve(
+    request: Request[Any, Any, Any], recordings: RecordingService, stream_id: str, name: str, media_type: str
+) -> Response[Any]:
     await _accept_optional_token(request)
     path = await recordings.media_file(_checked(stream_id), name)
     response = file_response(request, path, media_type)
@@ -64,37 +74,71 @@ async def _serve(request: Request[Any, Any, Any], recordings: RecordingService, 
     return response
 
 
-@route("/api/v1/recordings/{stream_id:str}/video", http_method=["GET", "HEAD"], responses=responses(404, 409, 416))
-async def recording_video(request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService) -> Response[Any]:
+@route(
+    "/api/v1/recordings/{stream_id:str}/video",
+    http_method=["GET", "HEAD"],
+    responses=responses(404, 409, 416),
+)
+async def recording_video(
+    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
+) -> Response[Any]:
     """The MP4 (byte ranges supported, so players can seek)."""
     return await _serve(request, recordings, stream_id, "video.mp4", "video/mp4")
 
 
-@route("/api/v1/recordings/{stream_id:str}/thumbnail", http_method=["GET", "HEAD"], responses=responses(404, 409))
-async def recording_thumbnail(request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService) -> Response[Any]:
+@route(
+    "/api/v1/recordings/{stream_id:str}/thumbnail", http_method=["GET", "HEAD"], responses=responses(404, 409)
+)
+async def recording_thumbnail(
+    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
+) -> Response[Any]:
     """The JPEG thumbnail."""
     return await _serve(request, recordings, stream_id, "thumbnail.jpg", "image/jpeg")
 
 
-@route("/recordings/vod/{stream_id:str}/video.mp4", http_method=["GET", "HEAD"], responses=responses(404, 409, 416))
-async def recording_file(request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService) -> Response[Any]:
+@route(
+    "/recordings/vod/{stream_id:str}/video.mp4",
+    http_method=["GET", "HEAD"],
+    responses=responses(404, 409, 416),
+)
+async def recording_file(
+    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
+) -> Response[Any]:
     """The MP4 at the recording's file_path (the spec's playVOD example uses it)."""
     return await _serve(request, recordings, stream_id, "video.mp4", "video/mp4")
 
 
-@route("/recordings/vod/{stream_id:str}/thumbnail.jpg", http_method=["GET", "HEAD"], responses=responses(404, 409))
-async def recording_thumbnail_file(request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService) -> Response[Any]:
+@route(
+    "/recordings/vod/{stream_id:str}/thumbnail.jpg",
+    http_method=["GET", "HEAD"],
+    responses=responses(404, 409),
+)
+async def recording_thumbnail_file(
+    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
+) -> Response[Any]:
     """The JPEG at the recording's thumbnail_path."""
     return await _serve(request, recordings, stream_id, "thumbnail.jpg", "image/jpeg")
 
 
-@delete("/api/v1/recordings/{stream_id:str}", status_code=200, guards=[requires_login], responses=responses(401, 403, 404))
-async def delete_recording(stream_id: str, principal: Principal, recordings: RecordingService) -> RecordingDeleted:
+@delete(
+    "/api/v1/recordings/{stream_id:str}",
+    status_code=200,
+    guards=[requires_login],
+    responses=responses(401, 403, 404),
+)
+async def delete_recording(
+    stream_id: str, principal: Principal, recordings: RecordingService
+) -> RecordingDeleted:
     """Delete a recording and its files (owner or admin)."""
     return await recordings.delete_recording(_checked(stream_id), principal)
 
 
-@post("/api/v1/recordings/{stream_id:str}/retry", status_code=202, guards=[requires_login], responses=responses(401, 403, 404, 409))
+@post(
+    "/api/v1/recordings/{stream_id:str}/retry",
+    status_code=202,
+    guards=[requires_login],
+    responses=responses(401, 403, 404, 409),
+)
 async def retry_recording(stream_id: str, principal: Principal, recordings: RecordingService) -> RetryStarted:
     """Process a failed recording again (owner or admin)."""
     return await recordings.retry(_checked(stream_id), principal)
@@ -104,9 +148,19 @@ def vod_router() -> Router:
     """Routes of the VOD service."""
     return Router(
         path="/",
-        route_handlers=[list_recordings, get_recording, recording_video, recording_thumbnail, recording_file,
-                        recording_thumbnail_file, delete_recording, retry_recording],
-        dependencies={"principal": Provide(provide_principal),
-                      "recordings": Provide(provide_recordings, sync_to_thread=False)},
+        route_handlers=[
+            list_recordings,
+            get_recording,
+            recording_video,
+            recording_thumbnail,
+            recording_file,
+            recording_thumbnail_file,
+            delete_recording,
+            retry_recording,
+        ],
+        dependencies={
+            "principal": Provide(provide_principal),
+            "recordings": Provide(provide_recordings, sync_to_thread=False),
+        },
         tags=["vod"],
     )
