@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.media import Publisher
-from tests.support.server import ServerProcess, make_server
+from tests.support.server import ServerProcess, make_server, running_server
 
 
 @pytest.fixture(name="server_factory")
@@ -35,10 +35,8 @@ def fixture_server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProce
 @pytest.fixture(name="server", scope="module")
 def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server shared by a test module (tests use distinct usernames)."""
-    srv = make_server(tmp_path_factory.mktemp("srv")).start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, srv.logs()
+    with running_server(tmp_path_factory.mktemp("srv")) as srv:
+        yield srv
 
 
 @pytest.fixture(name="run_spec_client")

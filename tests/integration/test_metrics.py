@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_auth import assert_error, bearer
 from tests.support.media import Publisher, wait_for
-from tests.support.server import SERVICES, ServerProcess, make_server
+from tests.support.server import SERVICES, ServerProcess, running_server
 
 LIVE_ENV = {
     "STREAMPLAT_INGEST__SEGMENT_SECONDS": "1",
@@ -24,18 +24,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(name="server", scope="module")
 def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = make_server(tmp_path_factory.mktemp("metrics"), LIVE_ENV).start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, srv.logs()[-3000:]
-
-
-@pytest.fixture(name="publishers")
-def fixture_publishers() -> Iterator[list[Publisher]]:
-    started: list[Publisher] = []
-    yield started
-    for p in started:
-        p.kill()
+    with running_server(tmp_path_factory.mktemp("metrics"), LIVE_ENV) as srv:
+        yield srv
 
 
 def scrape(server: ServerProcess) -> Samples:

@@ -33,7 +33,7 @@ from streamplat.config import load
 from streamplat.events import StreamStatusChanged, ViewerCountChanged
 from tests.integration.test_auth import bearer
 from tests.support.media import Publisher, wait_for
-from tests.support.server import ServerProcess, free_tcp_port, make_server
+from tests.support.server import ServerProcess, free_tcp_port, running_server
 
 LIVE_ENV = {
     "STREAMPLAT_INGEST__SEGMENT_SECONDS": "1",
@@ -44,18 +44,8 @@ LIVE_ENV = {
 
 @pytest.fixture(name="server", scope="module")
 def fixture_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = make_server(tmp_path_factory.mktemp("realtime"), LIVE_ENV).start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, srv.logs()[-3000:]
-
-
-@pytest.fixture(name="publishers")
-def fixture_publishers() -> Iterator[list[Publisher]]:
-    started: list[Publisher] = []
-    yield started
-    for p in started:
-        p.kill()
+    with running_server(tmp_path_factory.mktemp("realtime"), LIVE_ENV) as srv:
+        yield srv
 
 
 def ws_url(server: ServerProcess, token: str | None = None) -> str:

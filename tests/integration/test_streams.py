@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_auth import assert_error, bearer
 from tests.support.media import Publisher, ffmpeg_children_listening, probe, wait_for
-from tests.support.server import ServerProcess, make_server
+from tests.support.server import ServerProcess, running_server
 
 LIVE_ENV = {
     "STREAMPLAT_INGEST__SEGMENT_SECONDS": "1",
@@ -22,10 +22,8 @@ LIVE_ENV = {
 
 @pytest.fixture(name="server", scope="module")
 def fixture_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = make_server(tmp_path_factory.mktemp("live"), LIVE_ENV).start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, srv.logs()[-3000:]
+    with running_server(tmp_path_factory.mktemp("live"), LIVE_ENV) as srv:
+        yield srv
 
 
 def create(server: ServerProcess, token: str, name: str = "My Stream", **extra: str) -> dict:

@@ -14,15 +14,13 @@ import pytest
 from tests.integration.test_auth import assert_error, bearer, create_admin
 from tests.integration.test_streams import LIVE_ENV, create, publish, start, status_of
 from tests.support.media import FFMPEG, Publisher, decode_errors, probe, wait_for
-from tests.support.server import ServerProcess, make_server
+from tests.support.server import ServerProcess, running_server
 
 
 @pytest.fixture(name="server", scope="module")
 def fixture_vod_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = make_server(tmp_path_factory.mktemp("vod"), LIVE_ENV).start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, srv.logs()[-3000:]
+    with running_server(tmp_path_factory.mktemp("vod"), LIVE_ENV) as srv:
+        yield srv
 
 
 def recording(server: ServerProcess, sid: str) -> dict:

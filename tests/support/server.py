@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,12 @@ def make_server(
     return ServerProcess(
         data_dir=data_dir, env=env, ports=ports, host=host, log_path=tmp_path / name / "server.log"
     )
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A started server that must stop cleanly (SIGTERM -> exit 0) when the block ends."""
+    srv = make_server(tmp_path, extra_env).start()
+    yield srv
+    code = srv.stop()
+    assert code == 0, srv.logs()[-3000:]
