@@ -158,11 +158,12 @@ PLAYLIST_HEADERS = {"Cache-Control": "no-cache, no-store"}
 @get("/stream/{stream_id:str}/status", responses=responses(404))
 async def ingest_status(stream_id: str, streams: StreamService) -> IngestStatusOut:
     """What the stream's FFmpeg listener is doing right now."""
-    status, _, _ = await streams.stream_status(stream_id)
+    # The public view (as any viewer sees it): this port needs no token, so no key may leak.
+    detail = await streams.get_stream(stream_id, Principal(0, "", "viewer"))
+    status = detail.status
     ingest = streams.ingest_status(stream_id)
     hls_dir = streams.hls_dir(stream_id)
     files = sum(1 for _ in hls_dir.glob("segment_*.ts")) if hls_dir.is_dir() else 0
-    detail = await streams.get_stream(stream_id, Principal(0, "", "viewer"))
     return IngestStatusOut(
         stream_id=stream_id,
         status=status,

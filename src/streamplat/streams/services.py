@@ -277,12 +277,6 @@ class StreamService:
             stream, username = await self._get(session, stream_id)
         return self._detail(stream, username, actor)
 
-    async def stream_status(self, stream_id: str) -> tuple[str, int, int | None]:
-        """Status, owner id and port of a stream (NotFound if unknown)."""
-        async with self._sessions() as session:
-            stream, _ = await self._get(session, stream_id)
-        return stream.status, stream.user_id, stream.port
-
     async def list_streams(
         self,
         actor: Principal,

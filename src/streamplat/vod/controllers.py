@@ -75,48 +75,26 @@ async def _serve(
 
 
 @route(
-    "/api/v1/recordings/{stream_id:str}/video",
+    ["/api/v1/recordings/{stream_id:str}/video", "/recordings/vod/{stream_id:str}/video.mp4"],
     http_method=["GET", "HEAD"],
     responses=responses(404, 409, 416),
 )
 async def recording_video(
     request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
 ) -> Response[Any]:
-    """The MP4 (byte ranges supported, so players can seek)."""
+    """The MP4, also at the recording's file_path (byte ranges supported, so players can seek)."""
     return await _serve(request, recordings, stream_id, "video.mp4", "video/mp4")
 
 
 @route(
-    "/api/v1/recordings/{stream_id:str}/thumbnail", http_method=["GET", "HEAD"], responses=responses(404, 409)
+    ["/api/v1/recordings/{stream_id:str}/thumbnail", "/recordings/vod/{stream_id:str}/thumbnail.jpg"],
+    http_method=["GET", "HEAD"],
+    responses=responses(404, 409),
 )
 async def recording_thumbnail(
     request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
 ) -> Response[Any]:
-    """The JPEG thumbnail."""
-    return await _serve(request, recordings, stream_id, "thumbnail.jpg", "image/jpeg")
-
-
-@route(
-    "/recordings/vod/{stream_id:str}/video.mp4",
-    http_method=["GET", "HEAD"],
-    responses=responses(404, 409, 416),
-)
-async def recording_file(
-    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
-) -> Response[Any]:
-    """The MP4 at the recording's file_path (the spec's playVOD example uses it)."""
-    return await _serve(request, recordings, stream_id, "video.mp4", "video/mp4")
-
-
-@route(
-    "/recordings/vod/{stream_id:str}/thumbnail.jpg",
-    http_method=["GET", "HEAD"],
-    responses=responses(404, 409),
-)
-async def recording_thumbnail_file(
-    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
-) -> Response[Any]:
-    """The JPEG at the recording's thumbnail_path."""
+    """The JPEG thumbnail, also at the recording's thumbnail_path."""
     return await _serve(request, recordings, stream_id, "thumbnail.jpg", "image/jpeg")
 
 
@@ -153,8 +131,6 @@ def vod_router() -> Router:
             get_recording,
             recording_video,
             recording_thumbnail,
-            recording_file,
-            recording_thumbnail_file,
             delete_recording,
             retry_recording,
         ],
