@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamplat import __version__
 from streamplat.config import ConfigError, Settings, load
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -39,15 +43,62 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SchemaBehind(Exception):
+    """A server runs on the data directory and the schema is not the one this code expects."""
+
+
+async def _schema_ready(engine: AsyncEngine, alone: bool, data_dir: Path) -> bool:
+    """Bring the schema up to date when no server runs; beside a server, only check it.
+
+    Migrating under a running server of the same version is a no-op, and under a server of
+    another version it would change the tables that server is using: so beside a server we
+    never migrate, we only read the revision. True if a migration was applied.
+    """
+    from streamplat import datadir
+    from streamplat.db import migrate, schema_revisions
+
+    current, head = await schema_revisions(engine)
+    if current == head:
+        return False
+    if not alone:
+        raise _SchemaBehind(
+            f"the database schema is at revision {current or 'none'} but this streamplat needs "
+            f"{head}, and a server runs on {data_dir} ({datadir.holder(data_dir)}): stop it, run "
+            "`streamplat migrate`, then start it again"
+        )
+    await migrate(engine)
+    return True
+
+
 async def _create_admin(settings: Settings, email: str, username: str, password: str | None) -> str:
-    from streamplat.app import Platform
+    # Only the users table is touched: no Platform (it would reconcile streams, start VOD
+    # workers and FFmpeg supervision), no JWT secret file, nothing under hls/ or recordings/.
+    import secrets
+
+    from streamplat import datadir
+    from streamplat.auth import AuthService
+    from streamplat.auth.passwords import PasswordHashing
     from streamplat.auth.schemas import RegisterIn
+    from streamplat.auth.tokens import TokenIssuer
+    from streamplat.db import create_engine, session_factory
     from streamplat.validation import validate
 
     if password is not None:
         validate(RegisterIn, {"email": email, "username": username, "password": password, "role": "admin"})
-    async with Platform(settings) as platform:
-        user, created = await platform.auth.create_admin(email, username, password)
+    with datadir.try_lock(settings.data_path, "create-admin") as alone:
+        engine = create_engine(settings.database_url)
+        passwords = PasswordHashing(settings.auth.password_hash_threads)
+        try:
+            await _schema_ready(engine, alone, settings.data_path)
+            # create_admin issues no token: a throwaway key keeps the server's secret file out of it.
+            tokens = TokenIssuer(secrets.token_urlsafe(48), settings.auth.access_token_ttl_seconds)
+            auth = AuthService(
+                session_factory(engine), passwords, tokens, settings.auth.refresh_token_ttl_seconds
+            )
+            user, created = await auth.create_admin(email, username, password)
+        finally:
+            passwords.close()
+            await engine.dispose()
     verb = "created" if created else "promoted"
     return f"{verb} admin id={user.id} username={user.username} email={user.email}"
 
@@ -65,26 +116,33 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
         for field, messages in exc.details.items():
             print(f"streamplat: {field}: {', '.join(messages)}", file=sys.stderr)
         return 2
-    except (DomainError, ValueError) as exc:
+    except (DomainError, ValueError, _SchemaBehind) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from streamplat.db import create_engine, migrate
+    from streamplat import datadir
+    from streamplat.db import create_engine
 
     settings = _settings(args)
 
-    async def run() -> None:
-        engine = create_engine(settings.database_url)
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
+    async def run() -> bool:
+        with datadir.try_lock(settings.data_path, "migrate") as alone:
+            engine = create_engine(settings.database_url)
+            try:
+                return await _schema_ready(engine, alone, settings.data_path)
+            finally:
+                await engine.dispose()
 
-    asyncio.run(run())
-    print(f"database at {settings.database_url} is up to date")
+    try:
+        migrated = asyncio.run(run())
+    except _SchemaBehind as exc:
+        print(f"streamplat: {exc}", file=sys.stderr)
+        return 1
+    verb = "migrated; it is now up to date" if migrated else "is up to date"
+    print(f"database at {settings.database_url} {verb}")
     return 0
 
 
@@ -134,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="create an admin account, or promote an existing user to admin",
         description="Create an admin (or promote the user with this email). The password comes from "
-        "--password, else $STREAMPLAT_ADMIN_PASSWORD, else a prompt.",
+        "--password, else $STREAMPLAT_ADMIN_PASSWORD, else a prompt. Safe beside a running server: "
+        "it writes only the users table.",
     )
     p.add_argument("--email", required=True, help="the admin's email (an existing user with it is promoted)")
     p.add_argument(
@@ -149,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         parents=[common],
         help="apply database migrations and exit (serve does this on start too)",
-        description="Bring the database schema up to date.",
+        description="Bring the database schema up to date. Beside a running server it changes "
+        "nothing: it reports the schema up to date, or asks you to stop the server first.",
     )
     p.set_defaults(func=_cmd_migrate)
 

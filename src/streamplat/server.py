@@ -1,9 +1,15 @@
 """`streamplat serve`: one process, four HTTP listeners, one platform.
 
-Start order: bind every socket first (a port in use fails fast, before migrations or FFmpeg
-run), then start the platform, then serve. Stop order on SIGINT/SIGTERM: stop accepting and
-finish in-flight requests on all four servers, then close the platform (FFmpeg children
-stopped gracefully, VOD workers awaited, database closed), then exit 0.
+Start order: lock the data directory first (a second server on it fails fast, naming the pid
+of the first, before it touches anything), then bind every socket (a port in use fails fast,
+before migrations or FFmpeg run), then start the platform, then serve. The lock comes before
+the ports because a second server with the same config would otherwise only learn "port in
+use", and one with other ports would not fail at all and would reconcile the first one's
+live streams.
+
+Stop order on SIGINT/SIGTERM: stop accepting and finish in-flight requests on all four
+servers, then close the platform (FFmpeg children stopped gracefully, VOD workers awaited,
+database closed), then release the data directory, then exit 0.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Generator, Iterator
 
 import uvicorn
 
+from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
 
@@ -92,6 +99,15 @@ def _bound(settings: Settings) -> Iterator[dict[str, list[socket.socket]]]:
 
 async def serve(settings: Settings) -> None:
     """Run the four listeners until SIGINT or SIGTERM."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(datadir.exclusive(settings.data_path, "serve"))
+        except datadir.DataDirInUse as exc:
+            raise StartupError(str(exc)) from None
+        await _serve(settings)
+
+
+async def _serve(settings: Settings) -> None:
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)
