@@ -222,11 +222,7 @@ class AuthService:
                 and ((data.role is not None and data.role != "admin") or data.is_active is False)
             )
             if losing_admin:
-                admins = await session.scalar(
-                    select(func.count(User.id)).where(User.role == "admin", User.is_active.is_(True))
-                )
-                if (admins or 0) <= 1:
-                    raise Conflict("Cannot demote or deactivate the last active admin")
+                await self._demote_unless_last_admin(session, user, data)
             if data.role is not None:
                 user.role = data.role
             if data.is_active is not None:
@@ -240,6 +236,32 @@ class AuthService:
             await session.commit()
         log.info("user updated id=%s role=%s active=%s by=%s", user.id, user.role, user.is_active, actor.id)
         return user_out(user)
+
+    @staticmethod
+    async def _demote_unless_last_admin(session: AsyncSession, user: User, data: UserUpdateIn) -> None:
+        # Checking the count and then writing is a race: two admins demoting each other at once
+        # both see two admins and leave none. The check therefore sits inside the write:
+        # - PostgreSQL: FOR UPDATE locks every active admin row, so a concurrent demotion waits
+        #   for this transaction and then counts again;
+        # - SQLite: FOR UPDATE is dropped, but the UPDATE below is the transaction's first
+        #   statement, and SQLite runs it under its single write lock on the newest data.
+        active_admin = (User.role == "admin", User.is_active.is_(True))
+        await session.execute(select(User.id).where(*active_admin).with_for_update())
+        other_admins = select(func.count(User.id)).where(*active_admin, User.id != user.id).scalar_subquery()
+        values: dict[str, object] = {}
+        if data.role is not None:
+            values["role"] = data.role
+        if data.is_active is not None:
+            values["is_active"] = data.is_active
+        done = await session.execute(
+            update(User)
+            .where(User.id == user.id, other_admins > 0)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            await session.rollback()
+            raise Conflict("Cannot demote or deactivate the last active admin")
 
     async def create_admin(self, email: str, username: str, password: str | None) -> tuple[UserOut, bool]:
         """Create an admin, or promote the existing user with that email; True if created."""
