@@ -4,14 +4,21 @@ Producers and consumers never import each other: `ingest` publishes what its FFm
 children do, `streams` turns that into stream status, `vod` listens for ended streams,
 and the WebSocket hub (later) forwards what clients care about.
 
-`EventBus.publish` awaits every handler in subscription order, so a handler that must
-happen "at once" (the VOD row of a stopped stream) has happened when `publish` returns.
-Handlers must therefore be quick: anything slow is handed to a task the handler's owner
-runs. A failing handler is logged and never breaks the publisher or the other handlers.
+`EventBus.publish` awaits every handler in subscription order, so a handler has run when
+`publish` returns. Handlers must therefore be quick: anything slow is handed to a task the
+handler's owner runs. Nothing that must survive a crash depends on a handler (the recording
+row of a stopped stream is written in the stop's own transaction); handlers wake workers,
+count, and notify.
+
+A failing handler never breaks the publisher or the other handlers: it is logged with its
+traceback and called again, a bounded number of times with a growing pause (a busy database
+clears in moments), then given up on with an error line and counted in `failed_deliveries`.
+Handlers must therefore be idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -139,8 +146,12 @@ Handler = Callable[[Any], Awaitable[None] | None]
 class EventBus:
     """Delivers each published event to the handlers subscribed to its type (or a base type)."""
 
-    def __init__(self) -> None:
+    def __init__(self, attempts: int = 3, first_pause_seconds: float = 0.05) -> None:
+        """`attempts` calls per handler and event at most; pauses grow 4x from the first."""
         self._handlers: dict[type[Event], list[Handler]] = defaultdict(list)
+        self._attempts = max(1, attempts)
+        self._first_pause = first_pause_seconds
+        self.failed_deliveries = 0  # handler calls given up on after every attempt failed
 
     def subscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]) -> None:
         """Call `handler` for every event of `event_type` (subclasses included)."""
@@ -153,12 +164,33 @@ class EventBus:
             handlers.remove(handler)
 
     async def publish(self, event: Event) -> None:
-        """Await every handler of the event's type; a failing handler is logged and skipped."""
+        """Await every handler of the event's type; a failing one is retried, then given up on."""
         for event_type in type(event).__mro__:
             for handler in list(self._handlers.get(event_type, ())):
-                try:
-                    result = handler(event)
-                    if result is not None:
-                        await result
-                except Exception:
-                    log.exception("event handler %r failed for %r", handler, event)
+                await self._deliver(handler, event)
+
+    async def _deliver(self, handler: Handler, event: Event) -> None:
+        name = getattr(handler, "__qualname__", repr(handler))
+        pause = self._first_pause
+        for attempt in range(1, self._attempts + 1):
+            try:
+                result = handler(event)
+                if result is not None:
+                    await result
+                return
+            except Exception:
+                if attempt == self._attempts:
+                    self.failed_deliveries += 1
+                    log.exception("event handler %s failed for %r %d times; giving up", name, event, attempt)
+                    return
+                log.warning(
+                    "event handler %s failed for %r (attempt %d of %d); retrying in %.2f s",
+                    name,
+                    event,
+                    attempt,
+                    self._attempts,
+                    pause,
+                    exc_info=True,
+                )
+            await asyncio.sleep(pause)
+            pause *= 4
