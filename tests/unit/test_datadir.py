@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,17 +10,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests.support.media import wait_for
 
 from streamplat import datadir
-from tests.support.media import wait_for
 
 
 def test_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
     with datadir.exclusive(tmp_path, "serve"):
-        with pytest.raises(datadir.DataDirInUse) as refused:
-            with datadir.exclusive(tmp_path, "serve"):
-                pass
-        assert f"pid={__import__('os').getpid()} command=serve" in str(refused.value)
+        with pytest.raises(datadir.DataDirInUse) as refused, datadir.exclusive(tmp_path, "serve"):
+            pass
+        assert f"pid={os.getpid()} command=serve" in str(refused.value)
         with datadir.try_lock(tmp_path, "create-admin") as alone:
             assert alone is False
     with datadir.try_lock(tmp_path, "create-admin") as alone:
@@ -47,9 +47,11 @@ def test_lock_of_a_killed_holder_is_free_at_once(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(datadir.DataDirInUse, match=f"pid={holder.pid}"):
-            with datadir.exclusive(tmp_path, "serve"):
-                pass
+        with (
+            pytest.raises(datadir.DataDirInUse, match=f"pid={holder.pid}"),
+            datadir.exclusive(tmp_path, "serve"),
+        ):
+            pass
         holder.send_signal(signal.SIGKILL)
         holder.wait()
 

@@ -62,7 +62,7 @@ async def test_last_admin_alone_is_refused_and_others_still_change(auth: AuthSer
     me = Principal(id=a.id, username=a.username, role="admin")
     with pytest.raises(Conflict, match="last active admin"):
         await auth.update_user(a.id, UserUpdateIn(role="viewer"), me)
-    b, _ = await auth.create_admin("two@example.com", "two", "password123")
+    await auth.create_admin("two@example.com", "two", "password123")
     out = await auth.update_user(a.id, UserUpdateIn(role="viewer", is_active=False), me)
     assert out.role == "viewer" and out.is_active is False
     assert await active_admins(auth) == 1
