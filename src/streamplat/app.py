@@ -155,6 +155,7 @@ class Platform:
                 s.server.public_host,
                 lambda hls_dir: finalise_playlist(hls_dir, i.segment_seconds),
                 storage_problem=self.storage_problem,
+                stage_recording=self.recordings.stage_recording,
             )
         )
         log.info(

@@ -2,8 +2,9 @@
 
 The service owns the DB rows of streams and the port pool; the IngestSupervisor owns the
 FFmpeg children. Ingest events (publisher connected, dropped, gave up) come in on the bus
-and become status changes here; a stream that ends is announced as `StreamEnded` so the
-VOD domain can turn its media into a recording.
+and become status changes here. A stream that ends with media gets its recording row in the
+same transaction that marks it stopped (through the `stage_recording` callable the composition
+root hands in, so this package never imports vod), then `StreamEnded` wakes the VOD workers.
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ class PlaylistFinaliser(Protocol):
     def __call__(self, hls_dir: Path) -> None: ...
 
 
+class RecordingStager(Protocol):
+    """Adds an ended stream's recording row to `session`'s transaction; False if it has one.
+
+    (streamplat.vod.RecordingService.stage_recording, wired by the composition root.)
+    """
+
+    async def __call__(
+        self, session: AsyncSession, *, stream_id: str, user_id: int, title: str, media_dir: Path
+    ) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StreamLinks:
     public_host: str
@@ -129,6 +141,7 @@ class StreamService:
         finalise_playlist: PlaylistFinaliser,
         viewer_push_interval: float = 2.0,
         storage_problem: Callable[[], str | None] = lambda: None,
+        stage_recording: RecordingStager | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -140,6 +153,7 @@ class StreamService:
         self._finalise_playlist = finalise_playlist
         self._viewer_push_interval = viewer_push_interval
         self._storage_problem = storage_problem
+        self._stage_recording = stage_recording
         # Streams this process has live; only their HLS fetches count as viewers (a stopped
         # stream's final playlist stays readable, but nobody watches it live any more).
         self._live: set[str] = set()
@@ -200,6 +214,50 @@ class StreamService:
             if hls_dir.exists():
                 self._finalise_playlist(hls_dir)
             await self._mark_stopped(stream_id, reason="server restarted while the stream was live")
+        await self._record_unrecorded()
+
+    async def _record_unrecorded(self) -> None:
+        """Stopped streams with media on disk and no recording get one (a crash or failure
+        between "stopped" and "recorded" before both shared one transaction left such streams)."""
+        if self._stage_recording is None:
+            return
+        try:
+            candidates = [
+                p.name for p in self._hls_root.iterdir() if is_stream_id(p.name) and _has_segments(p)
+            ]
+        except OSError:
+            return
+        if not candidates:
+            return
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Stream, User.username)
+                    .join(User, User.id == Stream.user_id)
+                    .where(Stream.id.in_(candidates), Stream.status == STOPPED)
+                )
+            ).all()
+            staged = [
+                (stream, username)
+                for stream, username in rows
+                if await self._stage_recording(
+                    session,
+                    stream_id=stream.id,
+                    user_id=stream.user_id,
+                    title=stream.title,
+                    media_dir=self.hls_dir(stream.id),
+                )
+            ]
+            await session.commit()
+        for stream, username in staged:
+            log.warning(
+                "stream=%s had stopped with media but no recording; recording it now",
+                stream.id,
+                extra={"stream_id": stream.id},
+            )
+            await self._bus.publish(
+                StreamEnded(stream.id, stream.user_id, username, stream.title, self.hls_dir(stream.id))
+            )
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -429,7 +487,9 @@ class StreamService:
         )
 
     async def _mark_stopped(self, stream_id: str, reason: str | None) -> bool:
-        """Write the stopped state and announce it; True if there is media to record."""
+        """Write the stopped state (with its recording row) and announce it; True if there is media."""
+        hls_dir = self.hls_dir(stream_id)
+        recorded = _has_segments(hls_dir)
         async with self._sessions() as session:
             stream, username = await self._get(session, stream_id)
             port = stream.port
@@ -437,6 +497,14 @@ class StreamService:
             stream.stopped_at = utcnow()
             stream.port = None
             stream.status_reason = reason
+            if recorded and self._stage_recording is not None:
+                await self._stage_recording(
+                    session,
+                    stream_id=stream_id,
+                    user_id=stream.user_id,
+                    title=stream.title,
+                    media_dir=hls_dir,
+                )
             await session.commit()
         if port is not None:
             self._ports.release(port)
@@ -446,8 +514,6 @@ class StreamService:
             "stream=%s stopped%s", stream_id, f" ({reason})" if reason else "", extra={"stream_id": stream_id}
         )
         await self._bus.publish(StreamStatusChanged(stream_id, STOPPED, stream.user_id, reason))
-        hls_dir = self.hls_dir(stream_id)
-        recorded = _has_segments(hls_dir)
         if recorded:
             await self._bus.publish(StreamEnded(stream_id, stream.user_id, username, stream.title, hls_dir))
         elif hls_dir.exists():

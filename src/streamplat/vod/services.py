@@ -1,7 +1,8 @@
 """Recordings: every ended stream becomes a seekable MP4 + thumbnail, and none is lost.
 
-The row exists, status "processing", as soon as the stream stops (the `StreamEnded` handler
-inserts it before the stop request returns). A fixed number of workers run packaging jobs
+The row exists, status "processing", as soon as the stream stops: StreamService adds it through
+`stage_recording` in the transaction that marks the stream stopped, so no crash and no failing
+event handler can leave a stopped stream without its recording. A fixed number of workers run packaging jobs
 from a queue; a job interrupted by a crash or shutdown is still "processing" in the database
 and is queued again at start-up. A failed job keeps its source so it can be retried.
 """
@@ -15,7 +16,6 @@ from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth import Principal, User
@@ -24,7 +24,7 @@ from streamplat.errors import Conflict, Forbidden, NotFound
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
 from streamplat.logs import stream_context
 from streamplat.vod.models import FAILED, PROCESSING, READY, Recording
-from streamplat.vod.packaging import PackagingError, has_media, package_recording
+from streamplat.vod.packaging import PackagingError, package_recording
 from streamplat.vod.schemas import Pagination, RecordingDeleted, RecordingList, RecordingOut, RetryStarted
 
 log = logging.getLogger(__name__)
@@ -103,35 +103,33 @@ class RecordingService:
 
     # --- the pipeline ---------------------------------------------------------------------------
 
-    async def _on_stream_ended(self, event: StreamEnded) -> None:
-        if not has_media(event.media_dir):
-            log.info(
-                "stream=%s ended without media; no recording",
-                event.stream_id,
-                extra={"stream_id": event.stream_id},
+    async def stage_recording(
+        self, session: AsyncSession, *, stream_id: str, user_id: int, title: str, media_dir: Path
+    ) -> bool:
+        """Add the "processing" row of an ended stream to the caller's transaction (not committed).
+
+        The composition root hands this to StreamService, which calls it in the very
+        transaction that marks the stream stopped: the stream cannot be "stopped" without its
+        recording row, whatever crashes in between. False if the stream already has a recording.
+        """
+        existing = await session.scalar(select(Recording.id).where(Recording.stream_id == stream_id))
+        if existing is not None:
+            return False
+        session.add(
+            Recording(
+                stream_id=stream_id,
+                user_id=user_id,
+                title=title,
+                status=PROCESSING,
+                media_dir=str(media_dir),
+                attempts=0,
             )
-            return
-        async with self._sessions() as session:
-            session.add(
-                Recording(
-                    stream_id=event.stream_id,
-                    user_id=event.user_id,
-                    title=event.title,
-                    status=PROCESSING,
-                    media_dir=str(event.media_dir),
-                    attempts=0,
-                )
-            )
-            try:
-                await session.commit()
-            except IntegrityError:
-                # Already recorded (e.g. reconciliation after a crash in the middle of a stop).
-                await session.rollback()
-                existing = await session.scalar(
-                    select(Recording).where(Recording.stream_id == event.stream_id)
-                )
-                if existing is None or existing.status != PROCESSING:
-                    return
+        )
+        return True
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        # The row was committed with the stop; this only wakes a worker (the row alone would
+        # be found at the next start-up anyway).
         log.info("stream=%s recording queued", event.stream_id, extra={"stream_id": event.stream_id})
         self._enqueue(event.stream_id)
 
