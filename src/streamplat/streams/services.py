@@ -16,8 +16,8 @@ import re
 import secrets
 import shutil
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -157,7 +157,9 @@ class StreamService:
         # Streams this process has live; only their HLS fetches count as viewers (a stopped
         # stream's final playlist stays readable, but nobody watches it live any more).
         self._live: set[str] = set()
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # One lock per stream id, kept only while someone holds or waits for it.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: Counter[str] = Counter()
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
         self._last_counts: dict[str, int] = {}
@@ -180,13 +182,21 @@ class StreamService:
     ) -> None:
         # Stop every live stream like its owner would, so its recording is queued and the next
         # start finds nothing to reconcile; FFmpeg children finalise their playlists meanwhile.
+        # All at once: each stop waits up to ingest.stop_timeout_seconds for its FFmpeg, and the
+        # supervisor stops children in parallel, so shutdown takes one timeout, not one per stream.
         self._closing = True
-        for stream_id in await self._live_ids():
-            try:
-                await self.stop_stream(stream_id, reason="server shut down")
-            except Exception:
-                log.exception(
-                    "stopping stream=%s at shutdown failed", stream_id, extra={"stream_id": stream_id}
+        live = await self._live_ids()
+        results = await asyncio.gather(
+            *(self.stop_stream(stream_id, reason="server shut down") for stream_id in live),
+            return_exceptions=True,
+        )
+        for stream_id, result in zip(live, results, strict=True):
+            if isinstance(result, Exception):
+                log.error(
+                    "stopping stream=%s at shutdown failed",
+                    stream_id,
+                    exc_info=result,
+                    extra={"stream_id": stream_id},
                 )
         self._bus.unsubscribe(PublisherConnected, self._on_connected)
         self._bus.unsubscribe(PublisherDisconnected, self._on_disconnected)
@@ -264,6 +274,23 @@ class StreamService:
     def hls_dir(self, stream_id: str) -> Path:
         """Where the stream's playlist and segments are written."""
         return self._hls_root / stream_id
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, stream_id: str) -> AsyncIterator[None]:
+        # Ids are checked before a lock exists, and a lock is dropped when its last user leaves:
+        # requests with made-up ids cannot grow the table.
+        if not is_stream_id(stream_id):
+            raise NotFound("Stream not found")
+        lock = self._locks.setdefault(stream_id, asyncio.Lock())
+        self._lock_users[stream_id] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users[stream_id] -= 1
+            if not self._lock_users[stream_id]:
+                del self._lock_users[stream_id]
+                del self._locks[stream_id]
 
     async def _get(self, session: AsyncSession, stream_id: str) -> tuple[Stream, str]:
         if not is_stream_id(stream_id):
@@ -412,7 +439,7 @@ class StreamService:
 
     async def start_stream(self, stream_id: str, actor: Principal) -> StreamStarted:
         """Open an SRT listener for the stream (status "waiting") and return the URL for OBS."""
-        async with self._locks[stream_id], self._sessions() as session:
+        async with self._locked(stream_id), self._sessions() as session:
             stream, _ = await self._get(session, stream_id)
             self._require_owner(stream, actor)
             if stream.status in LIVE_STATUSES:
@@ -429,26 +456,36 @@ class StreamService:
                 raise ServiceUnavailable(
                     f"No SRT port is free: {exc}. Try again when a stream ends."
                 ) from None
+            # "waiting" is committed before FFmpeg starts: a publisher that connects at once
+            # finds a waiting stream to make active (its event used to find "created" and be
+            # dropped), and a failing commit leaves no FFmpeg running and no port taken.
+            stream.status = WAITING
+            stream.port = port
+            stream.started_at = utcnow()
+            stream.status_reason = None
+            try:
+                await session.commit()
+            except BaseException:
+                self._ports.release(port)
+                raise
+            self._live.add(stream.id)
+            log.info("stream=%s waiting on port %s", stream.id, port, extra={"stream_id": stream.id})
+            await self._bus.publish(StreamStatusChanged(stream.id, WAITING, stream.user_id))
             hls_dir = self.hls_dir(stream.id)
             try:
                 hls_dir.mkdir(parents=True, exist_ok=True)
                 # The listener's task outlives this request: its log lines are not the request's.
                 with detached_from_request():
                     await self._ingest.start(stream.id, port, stream.stream_key, hls_dir)
-            except Exception as exc:
-                self._ports.release(port)
+            except Exception:
                 log.exception(
                     "stream=%s could not start its listener", stream.id, extra={"stream_id": stream.id}
                 )
-                raise ServiceUnavailable(f"Could not start the SRT listener: {exc}") from None
-            stream.status = WAITING
-            stream.port = port
-            stream.started_at = utcnow()
-            stream.status_reason = None
-            await session.commit()
-        self._live.add(stream.id)
-        log.info("stream=%s waiting on port %s", stream.id, port, extra={"stream_id": stream.id})
-        await self._bus.publish(StreamStatusChanged(stream.id, WAITING, stream.user_id))
+                await self._undo_start(session, stream)
+                # The cause (paths, FFmpeg's words) is in the log, not in the reply.
+                raise ServiceUnavailable(
+                    "Could not start the SRT listener; the server log says why"
+                ) from None
         return StreamStarted(
             stream_id=stream.id,
             status=WAITING,
@@ -459,11 +496,25 @@ class StreamService:
             stream_key=stream.stream_key,
         )
 
+    async def _undo_start(self, session: AsyncSession, stream: Stream) -> None:
+        port = stream.port
+        with contextlib.suppress(Exception):
+            await self._ingest.stop(stream.id)  # whatever part of it did start
+        self._live.discard(stream.id)
+        stream.status = CREATED
+        stream.port = None
+        stream.started_at = None
+        stream.status_reason = "the SRT listener could not start"
+        await session.commit()
+        if port is not None:
+            self._ports.release(port)
+        await self._bus.publish(StreamStatusChanged(stream.id, CREATED, stream.user_id, stream.status_reason))
+
     async def stop_stream(
         self, stream_id: str, actor: Principal | None = None, reason: str | None = None
     ) -> StreamStopped:
         """Stop a live stream: end FFmpeg gracefully, free the port, queue the recording."""
-        async with self._locks[stream_id]:
+        async with self._locked(stream_id):
             async with self._sessions() as session:
                 stream, username = await self._get(session, stream_id)
                 if actor is not None:
@@ -522,7 +573,7 @@ class StreamService:
 
     async def rotate_key(self, stream_id: str, actor: Principal) -> KeyRotated:
         """Give the stream a new SRT passphrase (not while it is live)."""
-        async with self._locks[stream_id], self._sessions() as session:
+        async with self._locked(stream_id), self._sessions() as session:
             stream, _ = await self._get(session, stream_id)
             self._require_owner(stream, actor)
             if stream.status in LIVE_STATUSES:
@@ -541,11 +592,10 @@ class StreamService:
         if live:
             with contextlib.suppress(Conflict):  # it stopped on its own meanwhile
                 await self.stop_stream(stream_id, actor, reason="stream deleted")
-        async with self._locks[stream_id], self._sessions() as session:
+        async with self._locked(stream_id), self._sessions() as session:
             stream, _ = await self._get(session, stream_id)
             await session.delete(stream)
             await session.commit()
-        self._locks.pop(stream_id, None)
         log.info("stream=%s deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id})
         return StreamDeleted(message="Stream deleted successfully", stream_id=stream_id)
 
