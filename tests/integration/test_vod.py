@@ -325,3 +325,24 @@ def test_spec_javascript_client_lists_recordings(
     body = result["result"]
     assert body["total"] == 1 and body["recordings"][0]["stream_id"] == sid
     assert body["pagination"] == {"limit": 10, "offset": 0, "has_more": False}
+
+
+def test_crashed_job_fails_with_a_reason_and_can_be_retried(server: ServerProcess) -> None:
+    token = server.user_token("crashjob")
+    sid = create(server, token)["stream_id"]
+    start(server, token, sid)
+    _good_segments(server.data_dir / "hls" / sid)
+    # A file where the recording's folder belongs: packaging cannot even begin (not an FFmpeg
+    # failure, a crash of the job), which once left the recording "processing" for ever.
+    blocker = server.data_dir / "recordings" / "vod" / sid
+    blocker.write_bytes(b"in the way")
+    server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
+    rec = wait_for(
+        lambda: recording(server, sid)["status"] == "failed" and recording(server, sid), 30, message="failed"
+    )
+    assert "internal error" in rec["error"] and "FileExistsError" in rec["error"]
+    blocker.unlink()
+    r = server.vod.post(f"/api/v1/recordings/{sid}/retry", headers=bearer(token))
+    assert r.status_code == 202, r.text
+    assert abs(wait_ready(server, sid)["duration_seconds"] - 4) <= 1
+    assert server.vod.get("/health").status_code == 200  # the workers survived the crash

@@ -10,6 +10,7 @@ and is queued again at start-up. A failed job keeps its source so it can be retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -139,23 +140,33 @@ class RecordingService:
             if stream_id == _STOP:
                 return
             self._queued.discard(stream_id)
-            # The job runs as its own task so deleting the recording can cancel just the job.
-            job = asyncio.ensure_future(self._process(stream_id))
+            # The job runs as its own task so deleting the recording can cancel just the job; it
+            # belongs to the task group, so shutdown awaits it like everything else we start.
+            assert self._tasks is not None
+            job = self._tasks.create_task(self._process(stream_id), name=f"vod-job-{stream_id}")
             self._running[stream_id] = job
             try:
                 await job
             except asyncio.CancelledError:
                 if self._draining:
                     return
-            except Exception:
-                log.exception("stream=%s recording job crashed", stream_id, extra={"stream_id": stream_id})
             finally:
                 self._running.pop(stream_id, None)
 
     async def _process(self, stream_id: str) -> None:
         # packaging.py names the stream only in its message text; the context adds the field.
         with stream_context(stream_id):
-            await self._package(stream_id)
+            try:
+                await self._package(stream_id)
+            except Exception as exc:
+                # Not a packaging failure but a bug or an environment problem (a file where the
+                # output folder belongs, the database gone): the row must not stay "processing"
+                # for ever, and an exception here would tear down the whole task group.
+                log.exception("stream=%s recording job crashed", stream_id, extra={"stream_id": stream_id})
+                with contextlib.suppress(Exception):
+                    await self._fail(
+                        stream_id, f"internal error while packaging ({type(exc).__name__})", None
+                    )
 
     async def _package(self, stream_id: str) -> None:
         async with self._sessions() as session:
@@ -177,7 +188,7 @@ class RecordingService:
                 self._ffmpeg, media_dir, out_dir, timeout_seconds=self._job_timeout, stream_id=stream_id
             )
         except PackagingError as exc:
-            await self._fail(stream_id, user_id, exc.reason, loop.time() - started)
+            await self._fail(stream_id, exc.reason, loop.time() - started)
             return
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
@@ -214,13 +225,14 @@ class RecordingService:
             )
         )
 
-    async def _fail(self, stream_id: str, user_id: int, reason: str, processing_seconds: float) -> None:
+    async def _fail(self, stream_id: str, reason: str, processing_seconds: float | None) -> None:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
             if rec is None:
                 return
             rec.status = FAILED
             rec.error = reason
+            user_id = rec.user_id
             await session.commit()
         log.error("stream=%s recording failed: %s", stream_id, reason, extra={"stream_id": stream_id})
         await self._bus.publish(RecordingFailed(stream_id, user_id, reason, processing_seconds))
@@ -326,12 +338,15 @@ class RecordingService:
         return RecordingDeleted(message="Recording deleted successfully", stream_id=stream_id)
 
     async def retry(self, stream_id: str, actor: Principal) -> RetryStarted:
-        """Run a failed recording's packaging again (owner or admin)."""
+        """Run a failed (or stuck processing) recording's packaging again (owner or admin)."""
         async with self._sessions() as session:
             rec, _ = await self._get(session, stream_id)
             if rec.user_id != actor.id and not actor.is_admin:
                 raise Forbidden("Only the recording's owner or an admin can retry it")
-            if rec.status != FAILED:
+            # A "processing" row that no worker holds or waits for is stuck (whatever left it so):
+            # retrying it is the way out, not a 409.
+            busy = stream_id in self._running or stream_id in self._queued
+            if rec.status == READY or (rec.status == PROCESSING and busy):
                 raise Conflict(f"Only failed recordings can be retried (status {rec.status})")
             rec.status = PROCESSING
             rec.error = None
