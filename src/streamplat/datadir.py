@@ -38,7 +38,11 @@ def _holder(fd: int) -> str:
 
 def _open(data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
-    return os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        return os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        # Another user's server made the file: flock works on a read-only descriptor too.
+        return os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
 
 
 @contextlib.contextmanager
@@ -51,8 +55,9 @@ def try_lock(data_dir: Path, command: str) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} command={command}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # read-only: the message just lacks our pid
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid={os.getpid()} command={command}\n".encode(), 0)
         yield True
     finally:
         # Closing the descriptor releases the lock; the file stays (removing it would race

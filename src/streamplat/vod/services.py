@@ -228,7 +228,7 @@ class RecordingService:
     async def _fail(self, stream_id: str, reason: str, processing_seconds: float | None) -> None:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
-            if rec is None:
+            if rec is None or rec.status != PROCESSING:  # deleted, or a crash after it was ready
                 return
             rec.status = FAILED
             rec.error = reason
