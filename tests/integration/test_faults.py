@@ -101,8 +101,9 @@ def test_live_faults_each_end_with_one_ready_recording(
 ) -> None:
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
-    # The floor sits 1 GiB under what is free now; case (e) later fills the gap.
-    floor = shutil.disk_usage(probe_dir).free - (1 << 30)
+    # The floor sits 4 GiB under what is free now (room for whatever else writes to this disk
+    # meanwhile); case (e) later fills the gap and 1 GiB more with a fallocated file.
+    floor = shutil.disk_usage(probe_dir).free - (4 << 30)
     srv = server_factory({**FAULT_ENV, "STREAMPLAT_STORAGE__MIN_FREE_BYTES": str(floor)})
     token = srv.user_token("faults")
     cases = ("publisher_killed", "ingest_killed", "disk_floor", "create_admin")
@@ -160,7 +161,7 @@ def test_live_faults_each_end_with_one_ready_recording(
     filler = tmp_path / "filler"
     try:
         with filler.open("wb") as f:
-            os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(probe_dir).free - floor + (256 << 20))
+            os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(probe_dir).free - floor + (1 << 30))
         health = srv.main.get("/health").json()
         assert health["status"] == "degraded" and "min_free_bytes" in health["reason"], health
         late = create(srv, token, "late")["stream_id"]
