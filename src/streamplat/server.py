@@ -17,6 +17,7 @@ import socket
 from collections.abc import Generator, Iterator
 
 import uvicorn
+from litestar import Litestar
 
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
@@ -90,30 +91,30 @@ def _bound(settings: Settings) -> Iterator[dict[str, list[socket.socket]]]:
                 sock.close()
 
 
+def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
+    """The uvicorn settings of every listener (the bench serves its reference app with them too)."""
+    return uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.server.shutdown_timeout_seconds),
+        # Players poll every segment and API clients every few seconds; uvicorn's
+        # 5 s default closes idle connections just as clients reuse them
+        # ("connection reset by peer"). 75 s is nginx's default.
+        timeout_keep_alive=75,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
+
+
 async def serve(settings: Settings) -> None:
     """Run the four listeners until SIGINT or SIGTERM."""
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)
-            servers = {
-                name: _Server(
-                    uvicorn.Config(
-                        apps[name],
-                        lifespan="on",
-                        log_config=None,
-                        access_log=False,
-                        server_header=False,
-                        timeout_graceful_shutdown=int(settings.server.shutdown_timeout_seconds),
-                        # Players poll every segment and API clients every few seconds; uvicorn's
-                        # 5 s default closes idle connections just as clients reuse them
-                        # ("connection reset by peer"). 75 s is nginx's default.
-                        timeout_keep_alive=75,
-                        ws_ping_interval=20.0,
-                        ws_ping_timeout=20.0,
-                    )
-                )
-                for name in apps
-            }
+            servers = {name: _Server(uvicorn_config(apps[name], settings)) for name in apps}
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
