@@ -51,9 +51,14 @@ def bind_sockets(host: str, port: int, name: str) -> list[socket.socket]:
     bound: list[socket.socket] = []
     addresses = _addresses(host)
     for family, address in addresses:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off on accepted connections only when the
+        # listening socket says TCP, and with Nagle on every small reply on a kept-alive
+        # connection waits ~40 ms for the client's delayed ACK. TCP_NODELAY on the listener
+        # as well, for loops that do not set it themselves (Linux copies it to accepted sockets).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((address, port))
