@@ -40,6 +40,9 @@ class ServerSettings(_Section):
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     max_body_bytes: int = 1_048_576
     shutdown_timeout_seconds: float = 15.0
+    # "auto": uvloop and httptools when importable (they are dependencies), else asyncio and h11.
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    http: Literal["auto", "httptools", "h11"] = "auto"
 
 
 class StorageSettings(_Section):

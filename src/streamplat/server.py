@@ -14,7 +14,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import uvicorn
 from litestar import Litestar
@@ -96,10 +96,44 @@ def _bound(settings: Settings) -> Iterator[dict[str, list[socket.socket]]]:
                 sock.close()
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop unless `server.loop` says asyncio (or uvloop is missing and "auto" allows that)."""
+    if settings.server.loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.server.loop == "uvloop":
+            raise StartupError("server.loop is uvloop, but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def http_protocol(settings: Settings) -> str:
+    """The HTTP/1.1 parser uvicorn uses: "httptools" (C, fast) or "h11" (pure Python)."""
+    if settings.server.http == "h11":
+        return "h11"
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        if settings.server.http == "httptools":
+            raise StartupError("server.http is httptools, but httptools is not installed") from None
+        return "h11"
+    return "httptools"
+
+
 def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
-    """The uvicorn settings of every listener (the bench serves its reference app with them too)."""
+    """The uvicorn settings of every listener (the bench serves its reference app with them too).
+
+    This is the one place uvicorn is configured; every port gets the same settings.
+    """
     return uvicorn.Config(
         app,
+        # The loop is chosen once for the whole process by `run` (loop_factory); uvicorn must not
+        # set up another.
+        loop="none",
+        http=http_protocol(settings),
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -114,8 +148,16 @@ def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
     )
 
 
+def run(settings: Settings) -> None:
+    """Run `serve` on the configured event loop (uvloop by default) until SIGINT or SIGTERM."""
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(serve(settings))
+
+
 async def serve(settings: Settings) -> None:
     """Run the four listeners until SIGINT or SIGTERM."""
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    log.info("http stack %s + %s", loop_name, http_protocol(settings))
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)

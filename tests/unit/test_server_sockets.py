@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from streamplat.server import bind_sockets
+import pytest
+from litestar import Litestar
+
+from streamplat.config import ConfigError, load
+from streamplat.server import bind_sockets, http_protocol, loop_factory, uvicorn_config
 
 
 async def test_accepted_connections_have_nagle_off() -> None:
@@ -26,3 +30,22 @@ async def test_accepted_connections_have_nagle_off() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_fast_stack_by_default_and_pure_python_on_request() -> None:
+    import uvloop
+
+    default = load(None, environ={})
+    assert loop_factory(default) is uvloop.new_event_loop
+    assert http_protocol(default) == "httptools"
+    assert uvicorn_config(Litestar(), default).http == "httptools"
+    forced = load(None, environ={"STREAMPLAT_SERVER__LOOP": "asyncio", "STREAMPLAT_SERVER__HTTP": "h11"})
+    assert loop_factory(forced) is None
+    assert http_protocol(forced) == "h11"
+    assert uvicorn_config(Litestar(), forced).http == "h11"
+
+
+def test_unknown_loop_or_parser_is_a_config_error() -> None:
+    for key in ("LOOP", "HTTP"):
+        with pytest.raises(ConfigError, match=f"server.{key.lower()}"):
+            load(None, environ={f"STREAMPLAT_SERVER__{key}": "tokio"})
