@@ -92,7 +92,7 @@ class Platform:
         await migrate(self.engine)
         self.sessions = session_factory(self.engine)
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
-        passwords = PasswordHashing(s.auth.password_hash_threads)
+        passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)
         self._stack.callback(passwords.close)
         self.auth = AuthService(
             self.sessions,

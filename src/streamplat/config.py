@@ -56,6 +56,7 @@ class AuthSettings(_Section):
     access_token_ttl_seconds: int = 3600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     password_hash_threads: int = 2
+    password_hash_queue: int = 32  # hashes waiting for a thread; beyond that login/register get 503
     allow_admin_self_registration: bool = False
 
 
@@ -209,6 +210,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("auth.jwt_secret: must be at least 32 characters (or empty to generate one)")
     if not 1 <= a.password_hash_threads <= 32:
         raise ConfigError("auth.password_hash_threads: must be between 1 and 32")
+    if not 0 <= a.password_hash_queue <= 10_000:
+        raise ConfigError("auth.password_hash_queue: must be between 0 and 10000")
     r = settings.rate_limit
     limits = (("login_per_minute", r.login_per_minute), ("register_per_minute", r.register_per_minute))
     for key, value in limits:

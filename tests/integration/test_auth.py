@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -374,6 +375,41 @@ def test_rate_limit_on_login(server_factory: Callable[..., ServerProcess]) -> No
         ).status_code
         == 201
     )
+
+
+def test_login_burst_beyond_the_hash_queue_gets_503_while_health_answers(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # One hashing thread and one waiting slot: of a burst of logins and registrations, at most two
+    # are hashing or queued at a time; the rest are refused at once, and other requests never wait.
+    srv = server_factory(
+        {"STREAMPLAT_AUTH__PASSWORD_HASH_THREADS": "1", "STREAMPLAT_AUTH__PASSWORD_HASH_QUEUE": "1"}
+    )
+    srv.register("burster")
+    login = {"email": "burster@example.com", "password": "password123"}
+
+    def call(i: int) -> httpx.Response:
+        with httpx.Client(base_url=srv.url("auth"), timeout=30) as c:
+            if i % 2:
+                return c.post("/auth/login", json=login)
+            user = {"username": f"burst{i}", "email": f"burst{i}@example.com", "password": "password123"}
+            return c.post("/auth/register", json=user)
+
+    health: list[tuple[int, float]] = []
+    with ThreadPoolExecutor(max_workers=17) as pool:
+        burst = [pool.submit(call, i) for i in range(16)]
+        with httpx.Client(base_url=srv.url("main"), timeout=30) as main:
+            while not all(f.done() for f in burst):
+                started = time.perf_counter()
+                health.append((main.get("/health").status_code, time.perf_counter() - started))
+        answers = [f.result() for f in burst]
+    refused = [r for r in answers if r.status_code == 503]
+    assert refused and any(r.status_code in (200, 201) for r in answers), [r.status_code for r in answers]
+    assert {r.status_code for r in answers} <= {200, 201, 503}
+    for r in refused:
+        assert_error(r, 503, "try again")
+        assert int(r.headers["Retry-After"]) >= 1
+    assert health and all(code == 200 for code, _ in health), health
 
 
 # --- process lifecycle -----------------------------------------------------------------------
