@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from streamplat.auth import AuthService
 from streamplat.auth.controllers import auth_router
 from streamplat.auth.passwords import PasswordHashing
+from streamplat.auth.principals import PrincipalCache
 from streamplat.auth.ratelimit import RateLimiter
 from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.config import Settings
@@ -94,11 +95,16 @@ class Platform:
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
         passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)
         self._stack.callback(passwords.close)
+        principals = PrincipalCache(s.auth.principal_cache_seconds)
+        principals.attach(self.bus)
+        self._stack.callback(principals.detach, self.bus)
         self.auth = AuthService(
             self.sessions,
             passwords,
             TokenIssuer(secret, s.auth.access_token_ttl_seconds),
             s.auth.refresh_token_ttl_seconds,
+            self.bus,
+            principals,
         )
         # Metrics and the WebSocket hub listen before any domain publishes, and stop listening last.
         self.metrics.attach(self.bus)

@@ -57,6 +57,7 @@ class AuthSettings(_Section):
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     password_hash_threads: int = 2
     password_hash_queue: int = 32  # hashes waiting for a thread; beyond that login/register get 503
+    principal_cache_seconds: float = 2.0  # how long a token's user is trusted without a query; 0 = off
     allow_admin_self_registration: bool = False
 
 
@@ -212,6 +213,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("auth.password_hash_threads: must be between 1 and 32")
     if not 0 <= a.password_hash_queue <= 10_000:
         raise ConfigError("auth.password_hash_queue: must be between 0 and 10000")
+    if not 0 <= a.principal_cache_seconds <= 60:
+        raise ConfigError("auth.principal_cache_seconds: must be between 0 (off) and 60")
     r = settings.rate_limit
     limits = (("login_per_minute", r.login_per_minute), ("register_per_minute", r.register_per_minute))
     for key, value in limits:

@@ -306,6 +306,42 @@ def test_deactivated_user_token_stops_working(server: ServerProcess) -> None:
     )
 
 
+def test_role_change_and_deactivation_apply_to_the_next_request(server: ServerProcess) -> None:
+    # The user's principal is cached after the first request; changes through the API drop it.
+    admin = create_admin(server, "rootadmin4")
+    user = server.register("cachedstreamer")
+    headers = bearer(server.login("cachedstreamer")["access_token"])
+    for _ in range(3):
+        assert server.auth.get("/auth/validate", headers=headers).json()["user"]["role"] == "streamer"
+    assert server.main.get("/api/streams", headers=headers).status_code == 200
+    r = server.auth.patch(f"/auth/users/{user['id']}", json={"role": "viewer"}, headers=bearer(admin))
+    assert r.status_code == 200
+    assert server.auth.get("/auth/validate", headers=headers).json()["user"]["role"] == "viewer"
+    assert_error(server.main.post("/api/streams", json={"name": "x"}, headers=headers), 403)
+    r = server.auth.patch(f"/auth/users/{user['id']}", json={"is_active": False}, headers=bearer(admin))
+    assert r.status_code == 200
+    for client in (server.auth, server.main):
+        path = "/auth/validate" if client is server.auth else "/api/streams"
+        assert_error(client.get(path, headers=headers), 401)
+
+
+def test_create_admin_from_another_process_applies_within_the_cache_ttl(server: ServerProcess) -> None:
+    # The CLI runs in its own process, so the server learns of the promotion when the cached
+    # principal expires (auth.principal_cache_seconds, 2 s by default), not through the event bus.
+    server.register("promotedlater")
+    headers = bearer(server.login("promotedlater")["access_token"])
+    assert server.auth.get("/auth/validate", headers=headers).json()["user"]["role"] == "streamer"
+    create_admin(server, "promotedlater")
+    deadline = time.monotonic() + 30
+    role = "streamer"
+    while time.monotonic() < deadline:
+        role = server.auth.get("/auth/validate", headers=headers).json()["user"]["role"]
+        if role == "admin":
+            break
+        time.sleep(0.2)
+    assert role == "admin"
+
+
 def test_refresh_rotates_and_refuses_reuse(server: ServerProcess) -> None:
     server.register("refresher")
     first = server.login("refresher")

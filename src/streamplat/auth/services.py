@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth.models import RefreshToken, User
 from streamplat.auth.passwords import PasswordHashing
+from streamplat.auth.principals import PrincipalCache
 from streamplat.auth.schemas import (
     LoginUser,
     Principal,
@@ -24,6 +25,7 @@ from streamplat.auth.schemas import (
 from streamplat.auth.tokens import InvalidToken, TokenIssuer, hash_refresh_token
 from streamplat.db import isoformat, utcnow
 from streamplat.errors import Conflict, Forbidden, NotFound, Unauthorized
+from streamplat.events import EventBus, UserChanged
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,16 @@ class AuthService:
         passwords: PasswordHashing,
         tokens: TokenIssuer,
         refresh_ttl_seconds: int,
+        bus: EventBus | None = None,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self._sessions = sessions
         self._passwords = passwords
         self._tokens = tokens
         self._refresh_ttl = refresh_ttl_seconds
+        self._bus = bus or EventBus()
+        # Off unless given: only a cache attached to `bus` learns about changes.
+        self.principals = principals or PrincipalCache(ttl_seconds=0)
 
     # --- registration and login --------------------------------------------------------------
 
@@ -203,12 +210,19 @@ class AuthService:
             claims = self._tokens.check_access(token)
         except InvalidToken:
             raise Unauthorized(BAD_TOKEN) from None
+        # Role changes take effect at once: the database, not the token, is the truth. The cache
+        # holds the database's answer for a moment and is emptied on every change (principals.py).
+        cached = self.principals.get(claims.user_id)
+        if cached is not None:
+            return cached
+        generation = self.principals.generation
         async with self._sessions() as session:
             user = await session.get(User, claims.user_id)
         if user is None or not user.is_active:
             raise Unauthorized(BAD_TOKEN)
-        # Role changes take effect at once: the database, not the token, is the truth.
-        return Principal(id=user.id, username=user.username, role=user.role)
+        principal = Principal(id=user.id, username=user.username, role=user.role)
+        self.principals.put(principal, generation)
+        return principal
 
     # --- user management (admin) ------------------------------------------------------------
 
@@ -252,6 +266,8 @@ class AuthService:
                         .values(revoked_at=utcnow())
                     )
             await session.commit()
+        # Before the reply: a deactivated user's next request is already refused.
+        await self._bus.publish(UserChanged(user.id))
         log.info("user updated id=%s role=%s active=%s by=%s", user.id, user.role, user.is_active, actor.id)
         return user_out(user)
 
@@ -268,6 +284,7 @@ class AuthService:
                 if password_hash:
                     user.password_hash = password_hash
                 await session.commit()
+                await self._bus.publish(UserChanged(user.id))
                 return user_out(user), False
         if not password:
             raise ValueError("a password is required to create a new admin")
