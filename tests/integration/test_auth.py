@@ -503,13 +503,24 @@ def test_health_503_when_data_directory_unwritable(server_factory: Callable[...,
     recordings = srv.data_dir / "recordings"
     recordings.rename(srv.data_dir / "recordings.moved")
     recordings.write_text("not a directory")  # root ignores permission bits, so use a file instead
+    # The probe result is reused for a second (app.HEALTH_CACHE_SECONDS), so wait for it to turn.
+    assert wait_for_health(srv, 503)
     for name in ("auth", "main", "stream", "vod"):
         r = srv.client(name).get("/health")
         assert r.status_code == 503
         assert r.json()["status"] == "unhealthy" and "not writable" in r.json()["reason"]
     recordings.unlink()
     (srv.data_dir / "recordings.moved").rename(recordings)
-    assert srv.auth.get("/health").status_code == 200
+    assert wait_for_health(srv, 200)
+
+
+def wait_for_health(srv: ServerProcess, status: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if srv.auth.get("/health").status_code == status:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_cli_help_describes_every_command() -> None:

@@ -104,7 +104,7 @@ class RecordingService:
     # --- the pipeline ---------------------------------------------------------------------------
 
     async def _on_stream_ended(self, event: StreamEnded) -> None:
-        if not has_media(event.media_dir):
+        if not await asyncio.to_thread(has_media, event.media_dir):
             log.info(
                 "stream=%s ended without media; no recording",
                 event.stream_id,
@@ -184,8 +184,8 @@ class RecordingService:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
             if rec is None:  # deleted while it was being processed
-                shutil.rmtree(out_dir, ignore_errors=True)
-                shutil.rmtree(media_dir, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, out_dir, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
                 return
             rec.status = READY
             rec.duration_seconds = result.duration_seconds
@@ -195,7 +195,7 @@ class RecordingService:
             rec.error = None
             await session.commit()
         # The MP4 now holds every segment: the live copy is no longer needed.
-        shutil.rmtree(media_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
         elapsed = loop.time() - started
         log.info(
             "stream=%s recording ready: %.1f s, %d bytes, packaged in %.2f s",
@@ -320,8 +320,8 @@ class RecordingService:
         job = self._running.get(stream_id)
         if job is not None:
             job.cancel()
-        shutil.rmtree(self._vod_root / stream_id, ignore_errors=True)
-        shutil.rmtree(media_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self._vod_root / stream_id, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
         log.info(
             "stream=%s recording deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id}
         )
