@@ -186,6 +186,8 @@ class Platform:
         and the disk probe run once per interval whatever the request rate (concurrent callers
         wait for the one probe in flight), and the disk work runs on a worker thread.
         """
+        if self._health is not None and time.monotonic() - self._health_at < HEALTH_CACHE_SECONDS:
+            return self._health  # the common case, without even the lock
         async with self._health_lock:
             if self._health is None or time.monotonic() - self._health_at >= HEALTH_CACHE_SECONDS:
                 problem = await self.health_problem()
