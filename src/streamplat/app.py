@@ -183,11 +183,15 @@ class Platform:
         """(problem, warning) as /health reports them, probed at most every HEALTH_CACHE_SECONDS.
 
         Monitors and load balancers may poll /health as often as they like: the database query
-        and the disk probe run once per interval whatever the request rate (concurrent callers
-        wait for the one probe in flight), and the disk work runs on a worker thread.
+        and the disk probe run once per interval whatever the request rate (while one runs, other
+        callers get the previous answer; only the very first callers wait for it), and the disk
+        work runs on a worker thread.
         """
         if self._health is not None and time.monotonic() - self._health_at < HEALTH_CACHE_SECONDS:
             return self._health  # the common case, without even the lock
+        if self._health is not None and self._health_lock.locked():
+            # A probe is running: the previous answer (a second old) rather than a queue behind it.
+            return self._health
         async with self._health_lock:
             if self._health is None or time.monotonic() - self._health_at >= HEALTH_CACHE_SECONDS:
                 problem = await self.health_problem()
