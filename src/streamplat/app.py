@@ -7,10 +7,12 @@ around all four HTTP servers, so the ports share one database and one set of chi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
 import tempfile
+import time
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from streamplat.auth import AuthService
 from streamplat.auth.controllers import auth_router
 from streamplat.auth.passwords import PasswordHashing
+from streamplat.auth.principals import PrincipalCache
 from streamplat.auth.ratelimit import RateLimiter
 from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.config import Settings
@@ -38,6 +41,8 @@ from streamplat.vod.controllers import vod_router
 from streamplat.web import web_router
 
 log = logging.getLogger(__name__)
+
+HEALTH_CACHE_SECONDS = 1.0  # how stale /health's database and disk probe may be
 
 SERVICES = {
     "auth": "auth-service",
@@ -67,6 +72,11 @@ class Platform:
             "register": RateLimiter(settings.rate_limit.register_per_minute, 60.0),
         }
         self._stack = contextlib.AsyncExitStack()
+        # Resolved once: Settings.data_path resolves symlinks on every call.
+        self._writable_dirs = (settings.data_path, settings.hls_path, settings.recordings_path)
+        self._health_lock = asyncio.Lock()
+        self._health: tuple[str | None, str | None] | None = None
+        self._health_at = 0.0
 
     async def __aenter__(self) -> Platform:
         try:
@@ -92,13 +102,18 @@ class Platform:
         await migrate(self.engine)
         self.sessions = session_factory(self.engine)
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
-        passwords = PasswordHashing(s.auth.password_hash_threads)
+        passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)
         self._stack.callback(passwords.close)
+        principals = PrincipalCache(s.auth.principal_cache_seconds)
+        principals.attach(self.bus)
+        self._stack.callback(principals.detach, self.bus)
         self.auth = AuthService(
             self.sessions,
             passwords,
             TokenIssuer(secret, s.auth.access_token_ttl_seconds),
             s.auth.refresh_token_ttl_seconds,
+            self.bus,
+            principals,
         )
         # Metrics and the WebSocket hub listen before any domain publishes, and stop listening last.
         self.metrics.attach(self.bus)
@@ -165,6 +180,27 @@ class Platform:
             ffmpeg,
         )
 
+    async def health(self) -> tuple[str | None, str | None]:
+        """(problem, warning) as /health reports them, probed at most every HEALTH_CACHE_SECONDS.
+
+        Monitors and load balancers may poll /health as often as they like: the database query
+        and the disk probe run once per interval whatever the request rate (while one runs, other
+        callers get the previous answer; only the very first callers wait for it), and the disk
+        work runs on a worker thread.
+        """
+        if self._health is not None and time.monotonic() - self._health_at < HEALTH_CACHE_SECONDS:
+            return self._health  # the common case, without even the lock
+        if self._health is not None and self._health_lock.locked():
+            # A probe is running: the previous answer (a second old) rather than a queue behind it.
+            return self._health
+        async with self._health_lock:
+            if self._health is None or time.monotonic() - self._health_at >= HEALTH_CACHE_SECONDS:
+                problem = await self.health_problem()
+                warning = None if problem else await asyncio.to_thread(self.health_warning)
+                self._health = (problem, warning)
+                self._health_at = time.monotonic()
+            return self._health
+
     async def health_problem(self) -> str | None:
         """None when healthy, else a short reason (database unreachable, data directory not writable)."""
         try:
@@ -172,7 +208,10 @@ class Platform:
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:
             return f"database unreachable: {type(exc).__name__}"
-        for path in (self.settings.data_path, self.settings.hls_path, self.settings.recordings_path):
+        return await asyncio.to_thread(self._disk_problem)
+
+    def _disk_problem(self) -> str | None:
+        for path in self._writable_dirs:
             try:
                 # os.access is not enough: root passes it for read-only mounts and full disks.
                 with tempfile.NamedTemporaryFile(dir=path, prefix=".health-"):

@@ -31,12 +31,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from streamplat import logs
-    from streamplat.server import StartupError, serve
+    from streamplat.server import StartupError, run
 
     settings = _settings(args)
     logs.configure(settings.logging.level, settings.logging.format)
     try:
-        asyncio.run(serve(settings))
+        run(settings)
     except StartupError as exc:
         print(f"streamplat: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -40,6 +40,9 @@ class ServerSettings(_Section):
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     max_body_bytes: int = 1_048_576
     shutdown_timeout_seconds: float = 15.0
+    # "auto": uvloop and httptools when importable (they are dependencies), else asyncio and h11.
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    http: Literal["auto", "httptools", "h11"] = "auto"
 
 
 class StorageSettings(_Section):
@@ -53,6 +56,8 @@ class AuthSettings(_Section):
     access_token_ttl_seconds: int = 3600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     password_hash_threads: int = 2
+    password_hash_queue: int = 32  # hashes waiting for a thread; beyond that login/register get 503
+    principal_cache_seconds: float = 2.0  # how long a token's user is trusted without a query; 0 = off
     allow_admin_self_registration: bool = False
 
 
@@ -206,6 +211,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("auth.jwt_secret: must be at least 32 characters (or empty to generate one)")
     if not 1 <= a.password_hash_threads <= 32:
         raise ConfigError("auth.password_hash_threads: must be between 1 and 32")
+    if not 0 <= a.password_hash_queue <= 10_000:
+        raise ConfigError("auth.password_hash_queue: must be between 0 and 10000")
+    if not 0 <= a.principal_cache_seconds <= 60:
+        raise ConfigError("auth.principal_cache_seconds: must be between 0 (off) and 60")
     r = settings.rate_limit
     limits = (("login_per_minute", r.login_per_minute), ("register_per_minute", r.register_per_minute))
     for key, value in limits:

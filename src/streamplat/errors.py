@@ -9,7 +9,8 @@
      +-- PayloadTooLarge       413
      +-- ValidationFailed      422   carries `details` {field: [messages]}
      +-- RateLimited           429   carries `retry_after` seconds
-     +-- ServiceUnavailable    503   port pool exhausted, database down
+     +-- ServiceUnavailable    503   port pool exhausted, database down, password hashing queue
+                                     full (may carry `retry_after` seconds)
      +-- InsufficientStorage   507   disk below the configured floor
 
 Services raise these; they never build HTTP responses. `exception_handlers()` turns them,
@@ -85,6 +86,10 @@ class RateLimited(DomainError):
 class ServiceUnavailable(DomainError):
     status_code = 503
 
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class InsufficientStorage(DomainError):
     status_code = 507
@@ -150,7 +155,7 @@ def _request_id(request: Request[Any, Any, Any]) -> str:
 
 def _handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | ServiceUnavailable) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

@@ -34,6 +34,16 @@ class Event:
     """Base of every event."""
 
 
+# --- auth ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanged(Event):
+    """A user's role, active flag or password changed (published after the commit)."""
+
+    user_id: int
+
+
 # --- ingest: what a stream's FFmpeg listener does -------------------------------------------
 
 

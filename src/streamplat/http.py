@@ -118,10 +118,8 @@ def health_route(service: str) -> Any:
     @get("/health", tags=["health"], name=f"{service}-health")
     async def health(request: Request[Any, Any, Any]) -> Response[HealthOut]:
         """Report whether this service can work: healthy, degraded (200, with why) or unhealthy (503)."""
-        platform = request.app.state.platform
-        problem: str | None = await platform.health_problem()
         # Degraded: up and serving, but refusing some work (e.g. new streams on a nearly full disk).
-        warning: str | None = None if problem else platform.health_warning()
+        problem, warning = await request.app.state.platform.health()
         body = HealthOut(
             status="unhealthy" if problem else "degraded" if warning else "healthy",
             service=service,

@@ -20,9 +20,10 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import uvicorn
+from litestar import Litestar
 
 from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
@@ -57,9 +58,14 @@ def bind_sockets(host: str, port: int, name: str) -> list[socket.socket]:
     bound: list[socket.socket] = []
     addresses = _addresses(host)
     for family, address in addresses:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off on accepted connections only when the
+        # listening socket says TCP, and with Nagle on every small reply on a kept-alive
+        # connection waits ~40 ms for the client's delayed ACK. TCP_NODELAY on the listener
+        # as well, for loops that do not set it themselves (Linux copies it to accepted sockets).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((address, port))
@@ -97,6 +103,64 @@ def _bound(settings: Settings) -> Iterator[dict[str, list[socket.socket]]]:
                 sock.close()
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop unless `server.loop` says asyncio (or uvloop is missing and "auto" allows that)."""
+    if settings.server.loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.server.loop == "uvloop":
+            raise StartupError("server.loop is uvloop, but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def http_protocol(settings: Settings) -> str:
+    """The HTTP/1.1 parser uvicorn uses: "httptools" (C, fast) or "h11" (pure Python)."""
+    if settings.server.http == "h11":
+        return "h11"
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        if settings.server.http == "httptools":
+            raise StartupError("server.http is httptools, but httptools is not installed") from None
+        return "h11"
+    return "httptools"
+
+
+def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
+    """The uvicorn settings of every listener (the bench serves its reference app with them too).
+
+    This is the one place uvicorn is configured; every port gets the same settings.
+    """
+    return uvicorn.Config(
+        app,
+        # The loop is chosen once for the whole process by `run` (loop_factory); uvicorn must not
+        # set up another.
+        loop="none",
+        http=http_protocol(settings),
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.server.shutdown_timeout_seconds),
+        # Players poll every segment and API clients every few seconds; uvicorn's
+        # 5 s default closes idle connections just as clients reuse them
+        # ("connection reset by peer"). 75 s is nginx's default.
+        timeout_keep_alive=75,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
+
+
+def run(settings: Settings) -> None:
+    """Run `serve` on the configured event loop (uvloop by default) until SIGINT or SIGTERM."""
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(serve(settings))
+
+
 async def serve(settings: Settings) -> None:
     """Run the four listeners until SIGINT or SIGTERM."""
     with contextlib.ExitStack() as held:
@@ -108,28 +172,12 @@ async def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    log.info("http stack %s + %s", loop_name, http_protocol(settings))
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)
-            servers = {
-                name: _Server(
-                    uvicorn.Config(
-                        apps[name],
-                        lifespan="on",
-                        log_config=None,
-                        access_log=False,
-                        server_header=False,
-                        timeout_graceful_shutdown=int(settings.server.shutdown_timeout_seconds),
-                        # Players poll every segment and API clients every few seconds; uvicorn's
-                        # 5 s default closes idle connections just as clients reuse them
-                        # ("connection reset by peer"). 75 s is nginx's default.
-                        timeout_keep_alive=75,
-                        ws_ping_interval=20.0,
-                        ws_ping_timeout=20.0,
-                    )
-                )
-                for name in apps
-            }
+            servers = {name: _Server(uvicorn_config(apps[name], settings)) for name in apps}
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

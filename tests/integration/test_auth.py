@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -305,6 +306,42 @@ def test_deactivated_user_token_stops_working(server: ServerProcess) -> None:
     )
 
 
+def test_role_change_and_deactivation_apply_to_the_next_request(server: ServerProcess) -> None:
+    # The user's principal is cached after the first request; changes through the API drop it.
+    admin = create_admin(server, "rootadmin4")
+    user = server.register("cachedstreamer")
+    headers = bearer(server.login("cachedstreamer")["access_token"])
+    for _ in range(3):
+        assert server.auth.get("/auth/validate", headers=headers).json()["user"]["role"] == "streamer"
+    assert server.main.get("/api/streams", headers=headers).status_code == 200
+    r = server.auth.patch(f"/auth/users/{user['id']}", json={"role": "viewer"}, headers=bearer(admin))
+    assert r.status_code == 200
+    assert server.auth.get("/auth/validate", headers=headers).json()["user"]["role"] == "viewer"
+    assert_error(server.main.post("/api/streams", json={"name": "x"}, headers=headers), 403)
+    r = server.auth.patch(f"/auth/users/{user['id']}", json={"is_active": False}, headers=bearer(admin))
+    assert r.status_code == 200
+    for client in (server.auth, server.main):
+        path = "/auth/validate" if client is server.auth else "/api/streams"
+        assert_error(client.get(path, headers=headers), 401)
+
+
+def test_create_admin_from_another_process_applies_within_the_cache_ttl(server: ServerProcess) -> None:
+    # The CLI runs in its own process, so the server learns of the promotion when the cached
+    # principal expires (auth.principal_cache_seconds, 2 s by default), not through the event bus.
+    server.register("promotedlater")
+    headers = bearer(server.login("promotedlater")["access_token"])
+    assert server.auth.get("/auth/validate", headers=headers).json()["user"]["role"] == "streamer"
+    create_admin(server, "promotedlater")
+    deadline = time.monotonic() + 30
+    role = "streamer"
+    while time.monotonic() < deadline:
+        role = server.auth.get("/auth/validate", headers=headers).json()["user"]["role"]
+        if role == "admin":
+            break
+        time.sleep(0.2)
+    assert role == "admin"
+
+
 def test_refresh_rotates_and_refuses_reuse(server: ServerProcess) -> None:
     server.register("refresher")
     first = server.login("refresher")
@@ -376,6 +413,41 @@ def test_rate_limit_on_login(server_factory: Callable[..., ServerProcess]) -> No
     )
 
 
+def test_login_burst_beyond_the_hash_queue_gets_503_while_health_answers(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # One hashing thread and one waiting slot: of a burst of logins and registrations, at most two
+    # are hashing or queued at a time; the rest are refused at once, and other requests never wait.
+    srv = server_factory(
+        {"STREAMPLAT_AUTH__PASSWORD_HASH_THREADS": "1", "STREAMPLAT_AUTH__PASSWORD_HASH_QUEUE": "1"}
+    )
+    srv.register("burster")
+    login = {"email": "burster@example.com", "password": "password123"}
+
+    def call(i: int) -> httpx.Response:
+        with httpx.Client(base_url=srv.url("auth"), timeout=30) as c:
+            if i % 2:
+                return c.post("/auth/login", json=login)
+            user = {"username": f"burst{i}", "email": f"burst{i}@example.com", "password": "password123"}
+            return c.post("/auth/register", json=user)
+
+    health: list[tuple[int, float]] = []
+    with ThreadPoolExecutor(max_workers=17) as pool:
+        burst = [pool.submit(call, i) for i in range(16)]
+        with httpx.Client(base_url=srv.url("main"), timeout=30) as main:
+            while not all(f.done() for f in burst):
+                started = time.perf_counter()
+                health.append((main.get("/health").status_code, time.perf_counter() - started))
+        answers = [f.result() for f in burst]
+    refused = [r for r in answers if r.status_code == 503]
+    assert refused and any(r.status_code in (200, 201) for r in answers), [r.status_code for r in answers]
+    assert {r.status_code for r in answers} <= {200, 201, 503}
+    for r in refused:
+        assert_error(r, 503, "try again")
+        assert int(r.headers["Retry-After"]) >= 1
+    assert health and all(code == 200 for code, _ in health), health
+
+
 # --- process lifecycle -----------------------------------------------------------------------
 
 
@@ -431,13 +503,24 @@ def test_health_503_when_data_directory_unwritable(server_factory: Callable[...,
     recordings = srv.data_dir / "recordings"
     recordings.rename(srv.data_dir / "recordings.moved")
     recordings.write_text("not a directory")  # root ignores permission bits, so use a file instead
+    # The probe result is reused for a second (app.HEALTH_CACHE_SECONDS), so wait for it to turn.
+    assert wait_for_health(srv, 503)
     for name in ("auth", "main", "stream", "vod"):
         r = srv.client(name).get("/health")
         assert r.status_code == 503
         assert r.json()["status"] == "unhealthy" and "not writable" in r.json()["reason"]
     recordings.unlink()
     (srv.data_dir / "recordings.moved").rename(recordings)
-    assert srv.auth.get("/health").status_code == 200
+    assert wait_for_health(srv, 200)
+
+
+def wait_for_health(srv: ServerProcess, status: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if srv.auth.get("/health").status_code == status:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_cli_help_describes_every_command() -> None:

@@ -47,7 +47,7 @@ def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
     dto=ValidatedBody[RegisterIn],
     return_dto=None,
     status_code=201,
-    responses=responses(400, 401, 403, 409, 422, 429),
+    responses=responses(400, 401, 403, 409, 422, 429, 503),
 )
 async def register(request: Request[Any, Any, Any], data: RegisterIn) -> RegisterOut:
     """Register a user (role viewer by default; admin only with an admin's token)."""
@@ -62,7 +62,7 @@ async def register(request: Request[Any, Any, Any], data: RegisterIn) -> Registe
     dto=ValidatedBody[LoginIn],
     return_dto=None,
     status_code=200,
-    responses=responses(400, 401, 403, 422, 429),
+    responses=responses(400, 401, 403, 422, 429, 503),
 )
 async def login(request: Request[Any, Any, Any], data: LoginIn) -> TokenPair:
     """Log in with email and password; returns an access token and a refresh token."""

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth.models import RefreshToken, User
 from streamplat.auth.passwords import PasswordHashing
+from streamplat.auth.principals import PrincipalCache
 from streamplat.auth.schemas import (
     LoginUser,
     Principal,
@@ -24,6 +25,7 @@ from streamplat.auth.schemas import (
 from streamplat.auth.tokens import InvalidToken, TokenIssuer, hash_refresh_token
 from streamplat.db import isoformat, utcnow
 from streamplat.errors import Conflict, Forbidden, NotFound, Unauthorized
+from streamplat.events import EventBus, UserChanged
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,16 @@ class AuthService:
         passwords: PasswordHashing,
         tokens: TokenIssuer,
         refresh_ttl_seconds: int,
+        bus: EventBus | None = None,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self._sessions = sessions
         self._passwords = passwords
         self._tokens = tokens
         self._refresh_ttl = refresh_ttl_seconds
+        self._bus = bus or EventBus()
+        # Off unless given: only a cache attached to `bus` learns about changes.
+        self.principals = principals or PrincipalCache(ttl_seconds=0)
 
     # --- registration and login --------------------------------------------------------------
 
@@ -64,8 +71,11 @@ class AuthService:
         """Create a user; admins may only be created by an admin."""
         if data.role == "admin" and not (actor and actor.is_admin):
             raise Forbidden("Only an admin can register an admin account")
+        # Hashed before the session opens, so no connection waits on argon2.
+        return await self._insert_user(data, await self._passwords.hash(data.password))
+
+    async def _insert_user(self, data: RegisterIn, password_hash: str) -> UserOut:
         email = data.email.strip().lower()
-        password_hash = await self._passwords.hash(data.password)
         async with self._sessions() as session:
             await self._ensure_unique(session, email, data.username)
             user = User(
@@ -95,15 +105,26 @@ class AuthService:
 
     async def login(self, email: str, password: str) -> TokenPair:
         """Check the credentials and issue an access and a refresh token."""
+        # Read, then give the connection back before argon2 runs (~0.1 s on a busy thread, longer
+        # when logins queue): a login burst must not hold the pool every other request needs.
         async with self._sessions() as session:
             user = await session.scalar(select(User).where(User.email == email.strip().lower()))
-            ok = await self._passwords.verify(user.password_hash if user else None, password)
-            if user is None or not ok:
-                raise Unauthorized(BAD_CREDENTIALS)
-            if not user.is_active:
-                raise Forbidden("Account is deactivated")
-            if self._passwords.needs_rehash(user.password_hash):
-                user.password_hash = await self._passwords.hash(password)
+        ok = await self._passwords.verify(user.password_hash if user else None, password)
+        if user is None or not ok:
+            raise Unauthorized(BAD_CREDENTIALS)
+        if not user.is_active:
+            raise Forbidden("Account is deactivated")
+        new_hash = None
+        if self._passwords.needs_rehash(user.password_hash):
+            new_hash = await self._passwords.hash(password)
+        async with self._sessions() as session:
+            if new_hash is not None:
+                # Only over the hash just verified: a password changed meanwhile wins.
+                await session.execute(
+                    update(User)
+                    .where(User.id == user.id, User.password_hash == user.password_hash)
+                    .values(password_hash=new_hash)
+                )
                 log.info("password rehashed with current parameters user_id=%s", user.id)
             pair = await self._issue_pair(session, user, family_id=str(uuid.uuid4()))
             await session.commit()
@@ -189,12 +210,19 @@ class AuthService:
             claims = self._tokens.check_access(token)
         except InvalidToken:
             raise Unauthorized(BAD_TOKEN) from None
+        # Role changes take effect at once: the database, not the token, is the truth. The cache
+        # holds the database's answer for a moment and is emptied on every change (principals.py).
+        cached = self.principals.get(claims.user_id)
+        if cached is not None:
+            return cached
+        generation = self.principals.generation
         async with self._sessions() as session:
             user = await session.get(User, claims.user_id)
         if user is None or not user.is_active:
             raise Unauthorized(BAD_TOKEN)
-        # Role changes take effect at once: the database, not the token, is the truth.
-        return Principal(id=user.id, username=user.username, role=user.role)
+        principal = Principal(id=user.id, username=user.username, role=user.role)
+        self.principals.put(principal, generation)
+        return principal
 
     # --- user management (admin) ------------------------------------------------------------
 
@@ -234,6 +262,8 @@ class AuthService:
                         .values(revoked_at=utcnow())
                     )
             await session.commit()
+        # Before the reply: a deactivated user's next request is already refused.
+        await self._bus.publish(UserChanged(user.id))
         log.info("user updated id=%s role=%s active=%s by=%s", user.id, user.role, user.is_active, actor.id)
         return user_out(user)
 
@@ -266,19 +296,22 @@ class AuthService:
     async def create_admin(self, email: str, username: str, password: str | None) -> tuple[UserOut, bool]:
         """Create an admin, or promote the existing user with that email; True if created."""
         email = email.strip().lower()
+        # Hashed before the session opens, so no connection waits on argon2.
+        password_hash = await self._passwords.hash(password) if password else None
         async with self._sessions() as session:
             user = await session.scalar(select(User).where(User.email == email))
             if user is not None:
                 user.role = "admin"
                 user.is_active = True
-                if password:
-                    user.password_hash = await self._passwords.hash(password)
+                if password_hash:
+                    user.password_hash = password_hash
                 await session.commit()
+                await self._bus.publish(UserChanged(user.id))
                 return user_out(user), False
         if not password:
             raise ValueError("a password is required to create a new admin")
-        created = await self.register(
-            RegisterIn(username=username, email=email, password=password, role="admin"),
-            actor=Principal(id=0, username="cli", role="admin"),
+        assert password_hash is not None
+        created = await self._insert_user(
+            RegisterIn(username=username, email=email, password=password, role="admin"), password_hash
         )
         return created, True

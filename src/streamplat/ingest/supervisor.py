@@ -500,7 +500,8 @@ class IngestSupervisor:
         now = asyncio.get_running_loop().time()
         if progress.frame is not None:
             frame_rate.add(now, progress.frame)
-        if meter.update() or meter.total_bytes == 0:
+        # stat() per new segment, on a thread: a slow disk must not stall the event loop.
+        if await asyncio.to_thread(meter.update) or meter.total_bytes == 0:
             byte_rate.add(now, meter.total_bytes)
         fps = frame_rate.rate()
         stream.fps = round(fps, 2) if fps is not None else None

@@ -162,8 +162,7 @@ async def ingest_status(stream_id: str, streams: StreamService) -> IngestStatusO
     detail = await streams.get_stream(stream_id, Principal(0, "", "viewer"))
     status = detail.status
     ingest = streams.ingest_status(stream_id)
-    hls_dir = streams.hls_dir(stream_id)
-    files = sum(1 for _ in hls_dir.glob("segment_*.ts")) if hls_dir.is_dir() else 0
+    files = await streams.hls_files_count(stream_id)
     return IngestStatusOut(
         stream_id=stream_id,
         status=status,

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 import shutil
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -154,6 +157,7 @@ class StreamService:
         self._viewer_push_interval = viewer_push_interval
         self._storage_problem = storage_problem
         self._stage_recording = stage_recording
+        self._segment_counter = SegmentCounter()
         # Streams this process has live; only their HLS fetches count as viewers (a stopped
         # stream's final playlist stays readable, but nobody watches it live any more).
         self._live: set[str] = set()
@@ -221,8 +225,8 @@ class StreamService:
                 extra={"stream_id": stream_id},
             )
             hls_dir = self.hls_dir(stream_id)
-            if hls_dir.exists():
-                self._finalise_playlist(hls_dir)
+            if await asyncio.to_thread(hls_dir.exists):
+                await asyncio.to_thread(self._finalise_playlist, hls_dir)
             await self._mark_stopped(stream_id, reason="server restarted while the stream was live")
         await self._record_unrecorded()
 
@@ -231,10 +235,12 @@ class StreamService:
         between "stopped" and "recorded" before both shared one transaction left such streams)."""
         if self._stage_recording is None:
             return
+
+        def with_media() -> list[str]:
+            return [p.name for p in self._hls_root.iterdir() if is_stream_id(p.name) and _has_segments(p)]
+
         try:
-            candidates = [
-                p.name for p in self._hls_root.iterdir() if is_stream_id(p.name) and _has_segments(p)
-            ]
+            candidates = await asyncio.to_thread(with_media)
         except OSError:
             return
         if not candidates:
@@ -448,7 +454,7 @@ class StreamService:
                 raise Conflict("Stream has ended; create a new stream to go live again")
             # Checked last, so a caller who may not start this stream learns nothing of the disk.
             # Live streams are left alone: cutting a broadcast off is worse than a fuller disk.
-            if problem := self._storage_problem():
+            if problem := await asyncio.to_thread(self._storage_problem):
                 raise InsufficientStorage(f"Not enough free disk space to start a stream: {problem}")
             try:
                 port = self._ports.acquire()
@@ -473,7 +479,7 @@ class StreamService:
             await self._bus.publish(StreamStatusChanged(stream.id, WAITING, stream.user_id))
             hls_dir = self.hls_dir(stream.id)
             try:
-                hls_dir.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(hls_dir.mkdir, parents=True, exist_ok=True)
                 # The listener's task outlives this request: its log lines are not the request's.
                 with detached_from_request():
                     await self._ingest.start(stream.id, port, stream.stream_key, hls_dir)
@@ -540,7 +546,8 @@ class StreamService:
     async def _mark_stopped(self, stream_id: str, reason: str | None) -> bool:
         """Write the stopped state (with its recording row) and announce it; True if there is media."""
         hls_dir = self.hls_dir(stream_id)
-        recorded = _has_segments(hls_dir)
+        # Directory work on a thread: a long stream leaves thousands of segments.
+        recorded = await asyncio.to_thread(_has_segments, hls_dir)
         async with self._sessions() as session:
             stream, username = await self._get(session, stream_id)
             port = stream.port
@@ -567,8 +574,8 @@ class StreamService:
         await self._bus.publish(StreamStatusChanged(stream_id, STOPPED, stream.user_id, reason))
         if recorded:
             await self._bus.publish(StreamEnded(stream_id, stream.user_id, username, stream.title, hls_dir))
-        elif hls_dir.exists():
-            shutil.rmtree(hls_dir, ignore_errors=True)
+        else:
+            await asyncio.to_thread(shutil.rmtree, hls_dir, ignore_errors=True)
         return recorded
 
     async def rotate_key(self, stream_id: str, actor: Principal) -> KeyRotated:
@@ -664,6 +671,50 @@ class StreamService:
     def ingest_status(self, stream_id: str) -> IngestStatusLike | None:
         """What the supervisor knows of the stream's FFmpeg child (None when not supervised)."""
         return self._ingest.status(stream_id)
+
+    async def hls_files_count(self, stream_id: str) -> int:
+        """Segment files of the stream on disk (counted on a thread, recounted only on change)."""
+        return await asyncio.to_thread(self._segment_counter.count, self.hls_dir(stream_id))
+
+
+class SegmentCounter:
+    """Counts `segment_*.ts` in HLS directories, listing one again only when it changed.
+
+    A status poll must not list thousands of segments each time: the directory's mtime changes
+    with every file FFmpeg adds, renames or removes, so an unchanged mtime means an unchanged
+    count. Entries are also recounted after `max_age` seconds, for file systems whose
+    timestamps are too coarse to tell two quick changes apart.
+    """
+
+    def __init__(self, max_age: float = 1.0, max_entries: int = 1024) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._cache: dict[Path, tuple[int, float, int]] = {}  # dir -> (mtime_ns, counted at, count)
+
+    def count(self, hls_dir: Path) -> int:
+        """The number of segment files in `hls_dir` (0 if it does not exist). Blocking."""
+        try:
+            mtime = hls_dir.stat().st_mtime_ns
+        except OSError:
+            with self._lock:
+                self._cache.pop(hls_dir, None)
+            return 0
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(hls_dir)
+        if cached is not None and cached[0] == mtime and now - cached[1] < self.max_age:
+            return cached[2]
+        try:
+            with os.scandir(hls_dir) as entries:
+                count = sum(1 for e in entries if e.name.startswith("segment_") and e.name.endswith(".ts"))
+        except OSError:
+            return 0
+        with self._lock:
+            if hls_dir not in self._cache and len(self._cache) >= self.max_entries:
+                del self._cache[next(iter(self._cache))]
+            self._cache[hls_dir] = (mtime, now, count)
+        return count
 
 
 def _has_segments(hls_dir: Path) -> bool:

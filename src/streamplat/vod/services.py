@@ -193,8 +193,8 @@ class RecordingService:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
             if rec is None:  # deleted while it was being processed
-                shutil.rmtree(out_dir, ignore_errors=True)
-                shutil.rmtree(media_dir, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, out_dir, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
                 return
             rec.status = READY
             rec.duration_seconds = result.duration_seconds
@@ -204,7 +204,7 @@ class RecordingService:
             rec.error = None
             await session.commit()
         # The MP4 now holds every segment: the live copy is no longer needed.
-        shutil.rmtree(media_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
         elapsed = loop.time() - started
         log.info(
             "stream=%s recording ready: %.1f s, %d bytes, packaged in %.2f s",
@@ -330,8 +330,8 @@ class RecordingService:
         job = self._running.get(stream_id)
         if job is not None:
             job.cancel()
-        shutil.rmtree(self._vod_root / stream_id, ignore_errors=True)
-        shutil.rmtree(media_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self._vod_root / stream_id, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
         log.info(
             "stream=%s recording deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id}
         )

@@ -10,8 +10,10 @@ URLs work too, revalidated on every use.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -94,6 +96,27 @@ def build_id(root: Path = STATIC_ROOT) -> str:
     return BUILD_PREFIX + digest.hexdigest()
 
 
+class _CurrentBuild:
+    """build_id(), walked on a thread at most every `max_age` seconds instead of per request.
+
+    The static tree only changes on an upgrade (or while someone edits it in development), so a
+    second-old id is as good as a fresh one.
+    """
+
+    def __init__(self, max_age: float = 2.0) -> None:
+        self.max_age = max_age
+        self._value: tuple[float, str] | None = None
+
+    async def id(self) -> str:
+        """The build id, at most `max_age` seconds old."""
+        if self._value is None or time.monotonic() - self._value[0] >= self.max_age:
+            value = await asyncio.to_thread(build_id)
+            self._value = (time.monotonic(), value)
+        return self._value[1]
+
+
+_current_build = _CurrentBuild()
+
 BUILD_ID: Final = re.compile(rf"^{BUILD_PREFIX}[0-9a-f]{{12}}$")
 
 
@@ -122,22 +145,22 @@ def media_type_of(path: Path) -> str:
     return MEDIA_TYPES.get(path.suffix.lower(), DEFAULT_MEDIA_TYPE)
 
 
-def _index_page() -> Response[bytes]:
-    html = (STATIC_ROOT / "index.html").read_text(encoding="utf-8")
-    body = html.replace(STATIC_PLACEHOLDER, f"/static/{build_id()}").encode()
+async def _index_page() -> Response[bytes]:
+    html = await asyncio.to_thread((STATIC_ROOT / "index.html").read_text, encoding="utf-8")
+    body = html.replace(STATIC_PLACEHOLDER, f"/static/{await _current_build.id()}").encode()
     return Response(body, media_type="text/html", headers=PAGE_HEADERS)
 
 
 @get(["/", "/login", "/register", "/dashboard", "/library"], include_in_schema=False)
 async def app_page() -> Response[bytes]:
     """The web app's page (client-side routed)."""
-    return _index_page()
+    return await _index_page()
 
 
 @get("/watch/{stream_id:str}", include_in_schema=False)
 async def watch_page(stream_id: str) -> Response[bytes]:
     """The web app's watch page (client-side routed; the page checks the stream id)."""
-    return _index_page()
+    return await _index_page()
 
 
 @route("/static/{path:path}", http_method=["GET", "HEAD"], include_in_schema=False, responses=responses(404))
@@ -147,7 +170,7 @@ async def static(request: Request[Any, Any, Any], path: str) -> Response[Any]:
     cache = REVALIDATE
     if parts and _is_build_id(parts[0]):
         # A page from an older build may still ask for its id; it gets today's file, revalidated.
-        cache = IMMUTABLE if parts[0] == build_id() else REVALIDATE
+        cache = IMMUTABLE if parts[0] == await _current_build.id() else REVALIDATE
         parts = parts[1:]
     file = static_file(STATIC_ROOT, parts)
     response = file_response(request, file, media_type_of(file))

@@ -1,0 +1,407 @@
+"""The API's request path against a bare Litestar app under the same uvicorn, side by side.
+
+    .venv/bin/python bench/api.py [--seconds 10] [--connections 64] [--logins 20] [--login-seconds 15]
+
+Starts `streamplat serve` (temporary data directory, free ports, rate limits off) and a one-route
+Litestar app served exactly like streamplat's listeners: sockets from `streamplat.server.bind_sockets`,
+uvicorn settings from `streamplat.server.uvicorn_config`, the same event loop and HTTP parser.
+Both run as their own processes, with the same environment, so `STREAMPLAT_SERVER__LOOP` /
+`STREAMPLAT_SERVER__HTTP` switch both. Load comes from wrk (Debian: `apt-get install wrk`).
+
+Measured, in this order, each run for --seconds with --connections keep-alive connections:
+  1. bare app `GET /`                                   (the reference)
+  2. `GET /api/streams/{id}` with a Bearer token         (ratio to 1)
+  3. `GET /health` on the main port                      (ratio to 1)
+  4. --logins parallel logins for --login-seconds, while one connection polls `GET /health`
+     50 times a second: logins per second and /health p50/p99 during the burst.
+The machine running this is the one serving: wrk, both servers and argon2 share its cores, so
+absolute numbers move with whatever else runs. The ratios are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+GOALS = {
+    "api_ratio": 0.5,
+    "health_ratio": 0.7,
+    "health_p99_during_logins_ms": 50.0,
+    "logins_per_second": 12.0,
+    "api_p99_ms": 50.0,
+}
+
+
+# --- the reference app (run as `bench/api.py --serve-bare PORT`) ------------------------------
+
+
+def serve_bare(port: int) -> None:
+    """Serve a one-route Litestar app on 127.0.0.1:`port` the way streamplat serves its apps."""
+    import asyncio
+
+    import uvicorn
+    from litestar import Litestar, get
+
+    from streamplat import config, server
+
+    settings = config.load(None)
+
+    @get("/", sync_to_thread=False)
+    def hello() -> dict[str, str]:
+        """A tiny JSON reply."""
+        return {"status": "ok"}
+
+    app = Litestar(route_handlers=[hello], logging_config=None)
+    sockets = server.bind_sockets("127.0.0.1", port, "bare")
+    # Plain uvicorn.Server: it handles SIGTERM itself (streamplat's own servers leave that to `serve`).
+    srv = uvicorn.Server(server.uvicorn_config(app, settings))
+    factory = server.loop_factory(settings) if hasattr(server, "loop_factory") else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(srv.serve(sockets=sockets))
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    sys.exit(f"{url} did not answer in {timeout} s")
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    ok_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+def parse_wrk(out: str, seconds: float) -> WrkResult:
+    """The numbers of one wrk --latency run."""
+    try:
+        return _parse_wrk(out, seconds)
+    except (KeyError, TypeError, ValueError):
+        sys.exit(f"cannot read wrk's output:\n{out}")
+
+
+def _parse_wrk(out: str, seconds: float) -> WrkResult:
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    duration = re.search(r"requests in ([\d.]+)(\w+),", out)
+    elapsed = float(duration[1]) * (60.0 if duration[2] == "m" else 1.0) if duration else seconds
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    bad = int(non2xx[1]) if non2xx else 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = bad + (sum(int(x) for x in socket_errors.groups()) if socket_errors else 0)
+    return WrkResult(
+        requests_per_second=rps,
+        ok_per_second=(total - bad) / elapsed,
+        p50_ms=_ms(percentiles["50"]),
+        p99_ms=_ms(percentiles["99"]),
+        errors=errors,
+    )
+
+
+def wrk_args(
+    url: str, seconds: float, connections: int, headers: dict[str, str], script: Path | None = None
+) -> list[str]:
+    threads = min(2, connections)
+    argv = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    return [*argv, url]
+
+
+def run_wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None) -> WrkResult:
+    out = subprocess.run(
+        wrk_args(url, seconds, connections, headers or {}), capture_output=True, text=True, check=True
+    ).stdout
+    return parse_wrk(out, seconds)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections for throughput runs")
+    parser.add_argument("--logins", type=int, default=20, help="parallel logins in the burst")
+    parser.add_argument("--login-seconds", type=float, default=15.0, help="length of the login burst")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    if shutil.which("wrk") is None:
+        print(
+            "bench/api.py needs wrk (a C HTTP load generator; a Python one would measure itself).\n"
+            "Install it with: apt-get install -y wrk",
+            file=sys.stderr,
+        )
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="streamplat-bench-api-"))
+    ports = {name: free_port() for name in ("auth", "main", "stream", "vod", "bare")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STREAMPLAT_") or "__LOOP" in k or "__HTTP" in k
+    }
+    env.update(
+        {
+            "STREAMPLAT_SERVER__HOST": "127.0.0.1",
+            "STREAMPLAT_SERVER__AUTH_PORT": str(ports["auth"]),
+            "STREAMPLAT_SERVER__MAIN_PORT": str(ports["main"]),
+            "STREAMPLAT_SERVER__STREAM_PORT": str(ports["stream"]),
+            "STREAMPLAT_SERVER__VOD_PORT": str(ports["vod"]),
+            "STREAMPLAT_STORAGE__MIN_FREE_BYTES": "0",
+            "STREAMPLAT_RATE_LIMIT__LOGIN_PER_MINUTE": "0",
+            "STREAMPLAT_RATE_LIMIT__REGISTER_PER_MINUTE": "0",
+            "PYTHONPATH": str(HERE.parent.parent / "src"),
+        }
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        log = tmp / "streamplat.log"
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "streamplat", "serve", "--data-dir", str(tmp / "data")],
+                    env=env,
+                    cwd=tmp,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        bare_log = tmp / "bare.log"
+        with bare_log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(HERE), "--serve-bare", str(ports["bare"])],
+                    env=env,
+                    cwd=tmp,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        auth = f"http://127.0.0.1:{ports['auth']}"
+        main_url = f"http://127.0.0.1:{ports['main']}"
+        bare = f"http://127.0.0.1:{ports['bare']}/"
+        wait_up(f"{main_url}/health", procs[0], log)
+        wait_up(bare, procs[1], bare_log)
+
+        user = {"username": "bencher", "email": "bencher@example.com", "password": "password123"}
+        status, _ = request("POST", f"{auth}/auth/register", {**user, "role": "streamer"})
+        assert status == 201, status
+        status, pair = request(
+            "POST", f"{auth}/auth/login", {"email": user["email"], "password": user["password"]}
+        )
+        assert status == 200, pair
+        token = pair["access_token"]
+        status, stream = request("POST", f"{main_url}/api/streams", {"name": "bench"}, token)
+        assert status == 201, stream
+        api_url = f"{main_url}/api/streams/{stream['stream_id']}"
+        status, _ = request("GET", api_url, token=token)
+        assert status == 200
+
+        c, secs = args.connections, args.seconds
+        burst = f"login burst {args.logins} connections x {args.login_seconds:.0f} s"
+        print(f"wrk: {c} connections, {secs:.0f} s per run; {burst}")
+        print(f"streamplat: {stack_line(log)}", flush=True)
+        results: dict[str, WrkResult] = {}
+        results["bare"] = run_wrk(bare, secs, c)
+        print(f"  bare done: {results['bare'].requests_per_second:.0f} req/s", flush=True)
+        results["api"] = run_wrk(api_url, secs, c, {"Authorization": f"Bearer {token}"})
+        print(f"  api done: {results['api'].requests_per_second:.0f} req/s", flush=True)
+        results["health"] = run_wrk(f"{main_url}/health", secs, c)
+        print(f"  health done: {results['health'].requests_per_second:.0f} req/s", flush=True)
+        results["logins"], results["health_during_logins"] = login_burst(
+            tmp, f"{auth}/auth/login", f"{main_url}/health", user, args.logins, args.login_seconds
+        )
+        report(results, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def stack_line(log: Path) -> str:
+    """The event loop and HTTP parser streamplat said it uses (from its start-up log)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "http stack" in line:
+            return line.split("http stack", 1)[1].strip()
+    return "asyncio + h11 (no 'http stack' line in the log: a build from before the switch)"
+
+
+def login_burst(
+    tmp: Path, login_url: str, health_url: str, user: dict[str, str], logins: int, seconds: float
+) -> tuple[WrkResult, WrkResult]:
+    """`logins` connections logging in back to back while a monitor polls /health 50 times a second.
+
+    The poller is paced (one kept-alive connection, a request every 20 ms) like a health checker,
+    so it measures how long /health waits behind the logins without taking the cores from argon2.
+    """
+    script = tmp / "login.lua"
+    body = json.dumps({"email": user["email"], "password": user["password"]})
+    lua = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(body)}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    script.write_text("\n".join(lua) + "\n")
+    login_proc = subprocess.Popen(
+        wrk_args(login_url, seconds, logins, {}, script), stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)  # let the hash queue fill before /health is measured
+    health = poll(health_url, seconds - 2, interval=0.02)
+    out, _ = login_proc.communicate()
+    return parse_wrk(out, seconds), health
+
+
+def poll(url: str, seconds: float, interval: float) -> WrkResult:
+    """GET `url` every `interval` seconds on one kept-alive connection; latency percentiles."""
+    import http.client
+    import statistics
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    took: list[float] = []
+    errors = 0
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        try:
+            conn.request("GET", parts.path)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                errors += 1
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+        took.append((time.perf_counter() - started) * 1000)
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    conn.close()
+    took.sort()
+    return WrkResult(
+        requests_per_second=len(took) / seconds,
+        ok_per_second=(len(took) - errors) / seconds,
+        p50_ms=statistics.median(took),
+        p99_ms=took[min(len(took) - 1, int(len(took) * 0.99))],
+        errors=errors,
+    )
+
+
+def report(r: dict[str, WrkResult], args: argparse.Namespace) -> None:
+    bare = r["bare"].requests_per_second
+    rows = [
+        ("bare Litestar GET /", r["bare"], "1.00", ""),
+        (
+            "GET /api/streams/{id} (Bearer)",
+            r["api"],
+            f"{r['api'].requests_per_second / bare:.2f}",
+            f">= {GOALS['api_ratio']}x, p99 < {GOALS['api_p99_ms']:.0f} ms",
+        ),
+        (
+            "GET /health (main)",
+            r["health"],
+            f"{r['health'].requests_per_second / bare:.2f}",
+            f">= {GOALS['health_ratio']}x",
+        ),
+        (
+            f"POST /auth/login x{args.logins}",
+            r["logins"],
+            "",
+            f">= {GOALS['logins_per_second']:.0f} logins/s (2xx)",
+        ),
+        (
+            "GET /health during logins (50/s poll)",
+            r["health_during_logins"],
+            "",
+            f"p99 < {GOALS['health_p99_during_logins_ms']:.0f} ms",
+        ),
+    ]
+    print()
+    print("| measure | req/s | 2xx/s | p50 ms | p99 ms | errors | ratio to bare | goal |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, res, ratio, goal in rows:
+        print(
+            f"| {name} | {res.requests_per_second:.0f} | {res.ok_per_second:.1f} | {res.p50_ms:.1f} | "
+            f"{res.p99_ms:.1f} | {res.errors} | {ratio} | {goal} |"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
