@@ -175,6 +175,9 @@ class _Stream:
         self.bitrate_kbps: float | None = None
         self.fps: float | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        # Set once the first FFmpeg of this stream was spawned (or could not be): start() waits
+        # for it, so the SRT URL it hands out is already being listened on.
+        self.first_spawn = asyncio.Event()
 
     def request_stop(self) -> None:
         """Ask the stream's task to end its listener and return (no more events)."""
@@ -248,7 +251,7 @@ class IngestSupervisor:
         return None
 
     async def start(self, stream_id: str, port: int, passphrase: str, hls_dir: pathlib.Path) -> None:
-        """Start supervising a listener for the stream; returns once its task is scheduled.
+        """Start supervising a listener for the stream; returns once its first FFmpeg is spawned.
 
         An existing playlist in `hls_dir` is continued (same URL, numbering carries on).
         Raises ListenerAlreadyRunning if the stream is still supervised, ValueError for a
@@ -263,6 +266,11 @@ class IngestSupervisor:
         stream = _Stream(stream_id, port, passphrase, pathlib.Path(hls_dir))
         self._streams[stream_id] = stream
         stream.task = self._tasks.create_task(self._supervise(stream), name=f"ingest:{stream_id}")
+        spawned = asyncio.ensure_future(stream.first_spawn.wait())
+        try:
+            await asyncio.wait({spawned, stream.task}, timeout=10.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            spawned.cancel()
 
     async def stop(self, stream_id: str) -> None:
         """Stop the stream's listener gracefully and end its playlist; unknown ids are a no-op.
@@ -380,6 +388,7 @@ class IngestSupervisor:
             reason = f"cannot prepare the HLS directory {stream.hls_dir}: {exc}"
             stream.last_error = reason
             stream.log.error("%s", reason)
+            stream.first_spawn.set()
             return _Outcome(received_media=False, reason=reason)
         if hls.salvaged:
             stream.log.warning("listed orphaned segments %s in the playlist", hls.salvaged)
@@ -419,9 +428,11 @@ class IngestSupervisor:
             reason = f"could not start FFmpeg ({settings.ffmpeg_binary}): {exc}"
             stream.last_error = reason
             stream.log.error("%s", reason)
+            stream.first_spawn.set()
             return _Outcome(received_media=False, reason=reason)
 
         stream.process = process
+        stream.first_spawn.set()
         started = loop.time()
         stream.log.info("FFmpeg pid %d listening", process.pid)
         received_media = False
