@@ -219,7 +219,7 @@ class AuthService:
             losing_admin = (
                 user.role == "admin"
                 and user.is_active
-                and ((data.role is not None and data.role != "admin") or data.is_active is False)
+                and ((isinstance(data.role, str) and data.role != "admin") or data.is_active is False)
             )
             if losing_admin:
                 admins = await session.scalar(
@@ -227,9 +227,9 @@ class AuthService:
                 )
                 if (admins or 0) <= 1:
                     raise Conflict("Cannot demote or deactivate the last active admin")
-            if data.role is not None:
+            if isinstance(data.role, str):  # left out: UNSET, unchanged
                 user.role = data.role
-            if data.is_active is not None:
+            if isinstance(data.is_active, bool):
                 user.is_active = data.is_active
                 if not data.is_active:
                     await session.execute(
