@@ -20,6 +20,7 @@ import uvicorn
 
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
+from streamplat.protocols import http_protocol
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,18 @@ async def serve(settings: Settings) -> None:
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)
+            # Header size (431) and header time limits, whichever parser serves (see protocols.py).
+            protocol = http_protocol(
+                "auto",
+                max_header_bytes=settings.server.max_header_bytes,
+                header_timeout=settings.server.header_timeout_seconds,
+            )
             servers = {
                 name: _Server(
                     uvicorn.Config(
                         apps[name],
                         lifespan="on",
+                        http=protocol,
                         log_config=None,
                         access_log=False,
                         server_header=False,
