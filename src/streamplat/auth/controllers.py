@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Router, get, patch, post
 from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody
 
 from streamplat.auth.guards import optional_principal, provide_principal, requires_role
 from streamplat.auth.schemas import (
@@ -50,7 +51,7 @@ def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
     status_code=201,
     responses=responses(400, 401, 403, 409, 415, 422, 429),
 )
-async def register(request: Request[Any, Any, Any], data: RegisterIn) -> RegisterOut:
+async def register(request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> RegisterOut:
     """Register a user (role viewer by default; admin only with an admin's token)."""
     _rate_limit(request, "register")
     actor = await optional_principal(request)
@@ -65,7 +66,7 @@ async def register(request: Request[Any, Any, Any], data: RegisterIn) -> Registe
     status_code=200,
     responses=responses(400, 401, 403, 415, 422, 429),
 )
-async def login(request: Request[Any, Any, Any], data: LoginIn) -> TokenPair:
+async def login(request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> TokenPair:
     """Log in with email and password; returns an access token and a refresh token."""
     _rate_limit(request, "login")
     return await _auth(request).login(data.email, data.password)
@@ -78,7 +79,7 @@ async def login(request: Request[Any, Any, Any], data: LoginIn) -> TokenPair:
     status_code=200,
     responses=responses(400, 401, 415, 422),
 )
-async def refresh(request: Request[Any, Any, Any], data: RefreshIn) -> TokenPair:
+async def refresh(request: Request[Any, Any, Any], data: JSONBody[RefreshIn]) -> TokenPair:
     """Spend a refresh token for a new access and refresh token (each refresh token works once)."""
     return await _auth(request).refresh(data.refresh_token)
 
@@ -90,7 +91,7 @@ async def refresh(request: Request[Any, Any, Any], data: RefreshIn) -> TokenPair
     status_code=200,
     responses=responses(400, 415, 422),
 )
-async def logout(request: Request[Any, Any, Any], data: RefreshIn) -> MessageOut:
+async def logout(request: Request[Any, Any, Any], data: JSONBody[RefreshIn]) -> MessageOut:
     """Revoke a refresh token (log out this login everywhere it was refreshed)."""
     await _auth(request).logout(data.refresh_token)
     return MessageOut(message="Logged out")
@@ -109,7 +110,7 @@ async def list_users(
     request: Request[Any, Any, Any],
     limit: Limit = 50,
     offset: Offset = 0,
-    role: Role | None = None,
+    role: FromQuery[Role | None] = None,
 ) -> UserList:
     """List users, paginated (admin only)."""
     return await _auth(request).list_users(limit, offset, role)
@@ -125,7 +126,7 @@ async def list_users(
 async def update_user(
     request: Request[Any, Any, Any],
     user_id: UserIdPath,
-    data: UserUpdateIn,
+    data: JSONBody[UserUpdateIn],
     principal: NamedDependency[Principal],
 ) -> UserOut:
     """Change a user's role or active flag (admin only)."""

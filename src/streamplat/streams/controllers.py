@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import PathParameter
+from litestar.params import FromQuery, JSONBody, PathParameter
 
 from streamplat.auth import Principal, provide_principal, requires_login, requires_role
 from streamplat.errors import NotFound, responses
@@ -50,7 +50,7 @@ def provide_streams(request: Request[Any, Any, Any]) -> StreamService:
     guards=[requires_role("streamer", "admin")],
     responses=responses(400, 401, 403, 415, 422),
 )
-async def create_stream(data: StreamCreate, principal: Caller, streams: Streams) -> StreamCreated:
+async def create_stream(data: JSONBody[StreamCreate], principal: Caller, streams: Streams) -> StreamCreated:
     """Create a stream (streamers and admins)."""
     return await streams.create_stream(data, principal)
 
@@ -59,7 +59,7 @@ async def create_stream(data: StreamCreate, principal: Caller, streams: Streams)
 async def list_streams(
     principal: Caller,
     streams: Streams,
-    status: StreamStatus | None = None,
+    status: FromQuery[StreamStatus | None] = None,
     user_id: UserIdFilter = None,
     limit: Limit = 50,
     offset: Offset = 0,

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response, Router, delete, get, post, route
 from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery
 
 from streamplat.auth import Principal, optional_principal, provide_principal, requires_login
 from streamplat.errors import NotFound, responses
@@ -48,7 +49,7 @@ async def list_recordings(
     request: Request[Any, Any, Any],
     recordings: Recordings,
     user_id: UserIdFilter = None,
-    status: RecordingStatus | None = None,
+    status: FromQuery[RecordingStatus | None] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> RecordingList:
