@@ -150,7 +150,9 @@ def _fuzz_operation(
         response = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
         try:
             case.validate_response(response, checks=checks, headers=headers)
-        except Exception as exc:  # every failing case is reported, not only the first
+        # Every failing case is reported, not only the first. Schemathesis raises a
+        # BaseExceptionGroup subclass, which `except Exception` would not catch.
+        except (Exception, BaseExceptionGroup) as exc:
             text = str(exc).strip().splitlines()
             failures.append(
                 f"{operation.label} [{mode.value}] -> {response.status_code}: {' | '.join(text[:6])}"
