@@ -21,7 +21,7 @@ import time
 import imageio_ffmpeg
 
 from streamplat.events import EventBus, ListenerStarted, PublisherConnected
-from streamplat.ingest import IngestSettings, IngestSupervisor, build_listener_argv
+from streamplat.ingest import IngestSettings, IngestSupervisor, build_listener_argv, listener_input_list
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 KEY = "bench-passphrase-0123"
@@ -120,16 +120,24 @@ async def bare_listener_run(root: pathlib.Path, index: int, analyze_seconds: flo
     hls_dir = root / f"bare-{index}"
     hls_dir.mkdir(parents=True)
     port = free_udp_port()
+    input_list = root / f"bare-{index}.ffconcat"
+    input_list.write_text(
+        listener_input_list(
+            "127.0.0.1",
+            port,
+            KEY,
+            latency_ms=120,
+            publisher_timeout_seconds=3,
+            analyze_seconds=analyze_seconds,
+        )
+    )
     argv = build_listener_argv(
         ffmpeg_binary=FFMPEG,
-        bind_host="127.0.0.1",
+        input_list=str(input_list),
         port=port,
-        passphrase=KEY,
         playlist_dir=str(hls_dir),
         segment_seconds=SEGMENT_SECONDS,
         playlist_size=6,
-        latency_ms=120,
-        publisher_timeout_seconds=3,
         analyze_seconds=analyze_seconds,
     )
     listener = await asyncio.create_subprocess_exec(

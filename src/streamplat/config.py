@@ -43,6 +43,10 @@ class ServerSettings(_Section):
     # "auto": uvloop and httptools when importable (they are dependencies), else asyncio and h11.
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     http: Literal["auto", "httptools", "h11"] = "auto"
+    # Request line + headers larger than this get 431; headers not complete this long after a
+    # request starts (or a connection opens) get the connection closed (slow-header clients).
+    max_header_bytes: int = 65_536
+    header_timeout_seconds: float = 10.0
 
 
 class StorageSettings(_Section):
@@ -92,6 +96,12 @@ class WebsocketSettings(_Section):
     auth_timeout_seconds: float = 5.0
 
 
+class MetricsSettings(_Section):
+    # Empty: /metrics answers clients on this machine only (loopback). Set: it answers anyone
+    # sending `Authorization: Bearer <token>`, and no one else.
+    token: str = ""
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -106,6 +116,7 @@ class Settings(_Section):
     ingest: IngestSettingsSection = msgspec.field(default_factory=IngestSettingsSection)
     vod: VodSettings = msgspec.field(default_factory=VodSettings)
     websocket: WebsocketSettings = msgspec.field(default_factory=WebsocketSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     # --- derived values (not keys) ---------------------------------------------------------
@@ -198,6 +209,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"server.public_host: {s.public_host!r} is not a host name or address")
     if s.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
+    if not 1024 <= s.max_header_bytes <= 16 * 1_048_576:
+        raise ConfigError("server.max_header_bytes: must be between 1024 and 16777216")
+    if not 0 < s.header_timeout_seconds <= 3600:
+        raise ConfigError("server.header_timeout_seconds: must be more than 0 and at most 3600")
+    if settings.metrics.token and len(settings.metrics.token) < 16:
+        raise ConfigError("metrics.token: must be at least 16 characters (or empty: loopback only)")
     if settings.storage.min_free_bytes < 0:
         raise ConfigError("storage.min_free_bytes: must be 0 (no floor) or more")
     a = settings.auth

@@ -7,6 +7,7 @@
      +-- NotFound              404   unknown stream, recording, user, route
      +-- Conflict              409   duplicate user, stream already live, recording not ready
      +-- PayloadTooLarge       413
+     +-- UnsupportedMediaType  415   a body that is not declared as JSON
      +-- ValidationFailed      422   carries `details` {field: [messages]}
      +-- RateLimited           429   carries `retry_after` seconds
      +-- ServiceUnavailable    503   port pool exhausted, database down, password hashing queue
@@ -65,6 +66,10 @@ class Conflict(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = 413
+
+
+class UnsupportedMediaType(DomainError):
+    status_code = 415
 
 
 class ValidationFailed(DomainError):

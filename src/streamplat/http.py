@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +15,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, ReceiveMessage, Scope, Send
 
 from streamplat.db import isoformat, utcnow
@@ -33,10 +35,17 @@ class RequestContext:
     """ASGI middleware: a request id per request (X-Request-ID in and out), one access log line
     and one metrics observation per HTTP request, and one log line per WebSocket connection."""
 
-    def __init__(self, app: ASGIApp, service: str, observe: RequestObserver | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: str,
+        observe: RequestObserver | None = None,
+        allow: dict[str, bytes] | None = None,
+    ) -> None:
         self.app = app
         self.service = service
         self.observe = observe
+        self.allow = allow or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = str(scope["type"])
@@ -59,7 +68,11 @@ class RequestContext:
             m = cast("dict[str, Any]", message)
             if m["type"] in ("http.response.start", "websocket.http.response.start"):
                 status = int(m["status"])
-                m["headers"] = [*(m.get("headers") or []), (b"x-request-id", request_id.encode())]
+                headers = [*(m.get("headers") or []), (b"x-request-id", request_id.encode())]
+                allow = self.allow.get(raw.get("path_template") or "")
+                if allow is not None and raw["method"] == "OPTIONS":
+                    headers = [(k, allow if k.lower() == b"allow" else v) for k, v in headers]
+                m["headers"] = headers
             elif m["type"] == "websocket.accept":
                 m["headers"] = [*(m.get("headers") or []), (b"x-request-id", request_id.encode())]
             elif m["type"] == "websocket.close" and not status:
@@ -174,5 +187,24 @@ def build_app(
     )
     # Around routing, not as a route middleware (Litestar's `middleware=` only wraps matched
     # routes): unknown paths and 405s get a request id, an access line and a count as well.
-    app.asgi_handler = RequestContext(app.asgi_handler, service, observe_request)
+    app.asgi_handler = RequestContext(app.asgi_handler, service, observe_request, allowed_methods(app))
     return app
+
+
+_PARAM_TYPE = re.compile(r"\{(\w+):[^}]*\}")
+
+
+def allowed_methods(app: Litestar) -> dict[str, bytes]:
+    """The `Allow` header value of each HTTP path: every method its handlers answer.
+
+    Litestar builds a path's automatic OPTIONS handler with the first handler registered for that
+    path and does not update it when a second one (GET beside POST on /api/streams) joins, so
+    its own `Allow` lists too few methods; `RequestContext` answers with this map instead.
+    """
+    allow: dict[str, bytes] = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            methods = {m for handler in route.route_handlers for m in handler.http_methods} | {"OPTIONS"}
+            # Keyed like scope["path_template"]: "/api/streams/{stream_id}", without ":str".
+            allow[_PARAM_TYPE.sub(r"{\1}", route.path)] = ", ".join(sorted(methods)).encode()
+    return allow

@@ -23,14 +23,29 @@ from urllib.parse import quote
 
 import anyio
 from litestar import Request, Response
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 
-__all__ = ["CHUNK_SIZE", "file_response", "parse_range"]
+__all__ = ["CHUNK_SIZE", "file_response", "file_responses", "parse_range"]
 
 CHUNK_SIZE: Final = 256 * 1024
 """Bytes read per chunk: big enough to keep syscalls few, small enough to stay cheap per viewer."""
 
 _RANGE_RE: Final = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE)
+
+
+def file_responses(media_type: str) -> dict[int, ResponseSpec]:
+    """OpenAPI documentation of what `file_response` may answer besides 200: a byte range (206,
+    same media type) and 304 for a conditional request that still holds."""
+    return {
+        206: ResponseSpec(
+            data_container=bytes,
+            media_type=media_type,
+            description="Partial Content: the requested byte range",
+            generate_examples=False,
+        ),
+        304: ResponseSpec(data_container=None, description="Not Modified", generate_examples=False),
+    }
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:

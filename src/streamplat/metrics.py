@@ -28,6 +28,8 @@ SRT port pool, and a stopped stream's series disappear.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from streamplat.errors import Forbidden, Unauthorized
 from streamplat.events import (
     EventBus,
     IngestGaveUp,
@@ -259,9 +262,34 @@ class _LiveState:
         )
 
 
+def _loopback(host: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    # An IPv4 client of a dual-stack socket shows as ::ffff:127.0.0.1.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_scraper(request: Request[Any, Any, Any], token: str) -> None:
+    """Let a scraper in: with `metrics.token` set, it must send it as a bearer token (401 else);
+    without one, it must connect from this machine (403 else). Metrics name live streams, and a
+    live stream's id is all it takes to watch it."""
+    if token:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+            raise Unauthorized("Metrics need the token configured as metrics.token (Authorization: Bearer)")
+        return
+    if not _loopback(request.client.host if request.client else None):
+        raise Forbidden("Metrics are served to this machine only; set metrics.token to scrape from elsewhere")
+
+
 @get("/metrics", tags=["metrics"], include_in_schema=False, sync_to_thread=False)
 def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus metrics of the whole platform (all four ports)."""
+    check_scraper(request, request.app.state.platform.settings.metrics.token)
     metrics: PlatformMetrics = request.app.state.platform.metrics
     body, content_type = metrics.exposition(request.headers.get("accept", ""))
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

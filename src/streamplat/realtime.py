@@ -396,6 +396,8 @@ class RealtimeHub:
             message = _decode_client(text)
         except msgspec.DecodeError as exc:
             return ErrorMessage(f"invalid message ({exc}); {_EXPECTED}")
+        except RecursionError:  # unknown fields are skipped, but msgspec still recurses into them
+            return ErrorMessage(f"invalid message (nested too deeply); {_EXPECTED}")
         if isinstance(message, PingIn):
             return Pong()
         if isinstance(message, SubscribeIn):
@@ -460,7 +462,7 @@ def _decode_quietly(data: str | bytes) -> AuthIn | SubscribeIn | PingIn | None:
     try:
         message: AuthIn | SubscribeIn | PingIn = _decode_client(data)
         return message
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
 
 

@@ -28,6 +28,7 @@ from litestar import Litestar
 from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
+from streamplat.protocols import http_protocol
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     return factory
 
 
-def http_protocol(settings: Settings) -> str:
+def http_parser(settings: Settings) -> str:
     """The HTTP/1.1 parser uvicorn uses: "httptools" (C, fast) or "h11" (pure Python)."""
     if settings.server.http == "h11":
         return "h11"
@@ -140,7 +141,12 @@ def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
         # The loop is chosen once for the whole process by `run` (loop_factory); uvicorn must not
         # set up another.
         loop="none",
-        http=http_protocol(settings),
+        # The chosen parser with the header size (431) and header time (408) limits (protocols.py).
+        http=http_protocol(
+            http_parser(settings),
+            max_header_bytes=settings.server.max_header_bytes,
+            header_timeout=settings.server.header_timeout_seconds,
+        ),
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -173,7 +179,7 @@ async def serve(settings: Settings) -> None:
 
 async def _serve(settings: Settings) -> None:
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    log.info("http stack %s + %s", loop_name, http_protocol(settings))
+    log.info("http stack %s + %s", loop_name, http_parser(settings))
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)

@@ -14,9 +14,22 @@ from typing import Any, TypeVar
 import msgspec
 from litestar.dto import MsgspecDTO
 
-from streamplat.errors import BadRequest, ValidationFailed
+from streamplat.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 
 S = TypeVar("S", bound=msgspec.Struct)
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """Refuse (415) a body that does not say it is JSON: `application/json` or `application/*+json`,
+    any parameters (`; charset=utf-8`) allowed. A body without a Content-Type is refused too: a
+    form or plain text posted by mistake must not be parsed as JSON."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return
+    shown = f"'{media_type}'" if media_type else "no Content-Type"
+    raise UnsupportedMediaType(f"Request body must be JSON (Content-Type: application/json), got {shown}")
 
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
@@ -27,6 +40,11 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Malformed JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("Malformed JSON: the body is not valid UTF-8") from None
+    except RecursionError:
+        # msgspec recurses once per nesting level; no body of this API nests more than twice.
+        raise BadRequest("Malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
@@ -71,8 +89,13 @@ def _messages(t: msgspec.inspect.Type, value: Any, extra: dict[str, Any] | None 
             )
         if t.max_length is not None and len(value) > t.max_length:
             problems.append(f"maximum {t.max_length} characters allowed")
-        if t.pattern is not None and not problems and not re.search(t.pattern, value):
+        # fullmatch: with re.search, `^...$` accepts a trailing newline ("bob\n").
+        if t.pattern is not None and not problems and not re.fullmatch(t.pattern, value):
             problems.append(str((extra or {}).get("message", "has an invalid format")))
+        # Meta(extra={"printable": True}): no control, format or other invisible characters, so
+        # two values that look the same are the same ("\x7fx@y.zz" is not "x@y.zz").
+        if (extra or {}).get("printable") and not problems and not value.isprintable():
+            problems.append(str((extra or {}).get("message", "must not contain invisible characters")))
         return problems
     if isinstance(t, msgspec.inspect.BoolType):
         return [] if isinstance(value, bool) else ["must be true or false"]
@@ -88,6 +111,14 @@ def _messages(t: msgspec.inspect.Type, value: Any, extra: dict[str, Any] | None 
     return None
 
 
+def _allows_null(t: msgspec.inspect.Type) -> bool:
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _allows_null(t.type)
+    if isinstance(t, msgspec.inspect.UnionType):
+        return any(isinstance(x, msgspec.inspect.NoneType) for x in t.types)
+    return isinstance(t, msgspec.inspect.NoneType | msgspec.inspect.AnyType)
+
+
 def validate(model: type[S], data: dict[str, Any]) -> S:
     """Build `model` from `data`, or raise ValidationFailed naming every invalid field."""
     info = msgspec.inspect.type_info(model)
@@ -96,12 +127,16 @@ def validate(model: type[S], data: dict[str, Any]) -> S:
     details: dict[str, list[str]] = {}
     clean: dict[str, Any] = {}
     for field in info.fields:
-        present = field.encode_name in data and data[field.encode_name] is not None
-        if not present:
+        if field.encode_name not in data:
             if field.required:
                 details[field.encode_name] = ["is required"]
             continue
         value = data[field.encode_name]
+        # null only where the schema shows it (a `| None` field); an optional field is left out,
+        # not sent as null.
+        if value is None and not _allows_null(field.type):
+            details[field.encode_name] = ["is required" if field.required else "must not be null"]
+            continue
         problems = _messages(field.type, value)
         if problems is None:
             try:
@@ -129,4 +164,8 @@ class ValidatedBody(MsgspecDTO[S]):
     """
 
     def decode_bytes(self, value: bytes) -> Any:
+        content_type = self.asgi_connection.headers.get("content-type")
+        # An empty body without a Content-Type is a missing body (400 below), not a wrong type.
+        if content_type or value.strip():
+            check_json_content_type(content_type)
         return validate(self.model_type, decode_json_object(value))

@@ -167,6 +167,41 @@ def test_wrong_key_is_refused_and_stream_stays_waiting(
     server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
 
 
+def test_the_stream_key_is_not_in_any_command_line(
+    server: ServerProcess, publishers: list[Publisher]
+) -> None:
+    token = server.user_token("keyhider")
+    sid = create(server, token)["stream_id"]
+    started = start(server, token, sid)
+    key = started["stream_key"].encode()
+    intruder = publish(publishers, started["srt_url"].replace(started["stream_key"], "wrong-passphrase-123"))
+    time.sleep(3)
+    assert status_of(server, token, sid) == "waiting"  # the wrong key is still refused
+    intruder.kill()
+    publish(publishers, started["srt_url"])
+    wait_for(lambda: status_of(server, token, sid) == "active", 15, message="active with the right key")
+    [pid] = ffmpeg_children_listening(started["port"])
+    # What any local user can read: every process's argv (ps, /proc/PID/cmdline). The test's
+    # publishers (OBS's stand-in, with the key in its URL) are the only ones allowed to show it.
+    ours = {str(p.proc.pid) for p in publishers if p.proc is not None}
+    leaks = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.name not in ours and key in (proc / "cmdline").read_bytes():
+                leaks.append(proc.name)
+        except OSError:
+            continue
+    assert leaks == [], f"stream key visible in the command line of pids {leaks}"
+    # The key reaches FFmpeg in a file only its user may read, in a directory only it may list.
+    cmdline = (Path(f"/proc/{pid}/cmdline").read_bytes()).split(b"\0")
+    listing = Path(cmdline[cmdline.index(b"-i") + 1].decode())
+    assert key in listing.read_bytes()
+    assert listing.stat().st_mode & 0o777 == 0o600
+    assert listing.parent.stat().st_mode & 0o777 == 0o700
+    server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
+    wait_for(lambda: not listing.exists(), 15, message="the input list removed when FFmpeg ended")
+
+
 def test_publisher_drop_and_return_continues_the_playlist(
     server: ServerProcess, publishers: list[Publisher]
 ) -> None:

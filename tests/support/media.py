@@ -154,10 +154,11 @@ def ffmpeg_children_listening(port: int) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        # The SRT URL (and its key) is in a private input list named after the port, not in argv.
         if (
             cmd
             and b"ffmpeg" in cmd[0]
-            and any(f":{port}?".encode() in part and b"mode=listener" in part for part in cmd)
+            and any(part.endswith(f"-srt{port}.ffconcat".encode()) for part in cmd)
         ):
             pids.append(int(proc.name))
     return pids

@@ -203,6 +203,8 @@ def make_server(
     data_dir.mkdir(parents=True)
     host = free_loopback_host() if spec_ports else "127.0.0.1"
     ports = dict(SPEC_PORTS) if spec_ports else {s: free_tcp_port() for s in SERVICES}
+    while len(set(ports.values())) < len(ports):  # the kernel may hand out the same free port twice
+        ports = {s: free_tcp_port() for s in SERVICES}
     first, last = free_udp_range(8)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPLAT_")}
     env.update(

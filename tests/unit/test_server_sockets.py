@@ -9,7 +9,7 @@ import pytest
 from litestar import Litestar
 
 from streamplat.config import ConfigError, load
-from streamplat.server import bind_sockets, http_protocol, loop_factory, uvicorn_config
+from streamplat.server import bind_sockets, http_parser, loop_factory, uvicorn_config
 
 
 async def test_accepted_connections_have_nagle_off() -> None:
@@ -37,11 +37,11 @@ def test_fast_stack_by_default_and_pure_python_on_request() -> None:
 
     default = load(None, environ={})
     assert loop_factory(default) is uvloop.new_event_loop
-    assert http_protocol(default) == "httptools"
+    assert http_parser(default) == "httptools"
     assert uvicorn_config(Litestar(), default).http == "httptools"
     forced = load(None, environ={"STREAMPLAT_SERVER__LOOP": "asyncio", "STREAMPLAT_SERVER__HTTP": "h11"})
     assert loop_factory(forced) is None
-    assert http_protocol(forced) == "h11"
+    assert http_parser(forced) == "h11"
     assert uvicorn_config(Litestar(), forced).http == "h11"
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, Router, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody
 
 from streamplat.auth.guards import optional_principal, provide_principal, requires_role
 from streamplat.auth.schemas import (
@@ -25,6 +26,7 @@ from streamplat.auth.schemas import (
 )
 from streamplat.auth.services import AuthService
 from streamplat.errors import RateLimited, responses
+from streamplat.params import Limit, Offset, UserIdPath
 from streamplat.validation import ValidatedBody
 
 
@@ -47,9 +49,9 @@ def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
     dto=ValidatedBody[RegisterIn],
     return_dto=None,
     status_code=201,
-    responses=responses(400, 401, 403, 409, 422, 429, 503),
+    responses=responses(400, 401, 403, 409, 415, 422, 429, 503),
 )
-async def register(request: Request[Any, Any, Any], data: RegisterIn) -> RegisterOut:
+async def register(request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> RegisterOut:
     """Register a user (role viewer by default; admin only with an admin's token)."""
     _rate_limit(request, "register")
     actor = await optional_principal(request)
@@ -62,9 +64,9 @@ async def register(request: Request[Any, Any, Any], data: RegisterIn) -> Registe
     dto=ValidatedBody[LoginIn],
     return_dto=None,
     status_code=200,
-    responses=responses(400, 401, 403, 422, 429, 503),
+    responses=responses(400, 401, 403, 415, 422, 429, 503),
 )
-async def login(request: Request[Any, Any, Any], data: LoginIn) -> TokenPair:
+async def login(request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> TokenPair:
     """Log in with email and password; returns an access token and a refresh token."""
     _rate_limit(request, "login")
     return await _auth(request).login(data.email, data.password)
@@ -75,9 +77,9 @@ async def login(request: Request[Any, Any, Any], data: LoginIn) -> TokenPair:
     dto=ValidatedBody[RefreshIn],
     return_dto=None,
     status_code=200,
-    responses=responses(400, 401, 422),
+    responses=responses(400, 401, 415, 422),
 )
-async def refresh(request: Request[Any, Any, Any], data: RefreshIn) -> TokenPair:
+async def refresh(request: Request[Any, Any, Any], data: JSONBody[RefreshIn]) -> TokenPair:
     """Spend a refresh token for a new access and refresh token (each refresh token works once)."""
     return await _auth(request).refresh(data.refresh_token)
 
@@ -87,16 +89,16 @@ async def refresh(request: Request[Any, Any, Any], data: RefreshIn) -> TokenPair
     dto=ValidatedBody[RefreshIn],
     return_dto=None,
     status_code=200,
-    responses=responses(400, 422),
+    responses=responses(400, 415, 422),
 )
-async def logout(request: Request[Any, Any, Any], data: RefreshIn) -> MessageOut:
+async def logout(request: Request[Any, Any, Any], data: JSONBody[RefreshIn]) -> MessageOut:
     """Revoke a refresh token (log out this login everywhere it was refreshed)."""
     await _auth(request).logout(data.refresh_token)
     return MessageOut(message="Logged out")
 
 
 @get("/auth/validate", responses=responses(401))
-async def validate_token(principal: Principal) -> ValidateOut:
+async def validate_token(principal: NamedDependency[Principal]) -> ValidateOut:
     """Check an access token and return who it belongs to."""
     return ValidateOut(
         valid=True, user=TokenUser(id=principal.id, username=principal.username, role=principal.role)
@@ -106,9 +108,9 @@ async def validate_token(principal: Principal) -> ValidateOut:
 @get("/auth/users", guards=[requires_role("admin")], responses=responses(401, 403, 422))
 async def list_users(
     request: Request[Any, Any, Any],
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
-    role: Role | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    role: FromQuery[Role | None] = None,
 ) -> UserList:
     """List users, paginated (admin only)."""
     return await _auth(request).list_users(limit, offset, role)
@@ -119,10 +121,13 @@ async def list_users(
     guards=[requires_role("admin")],
     dto=ValidatedBody[UserUpdateIn],
     return_dto=None,
-    responses=responses(400, 401, 403, 404, 409, 422),
+    responses=responses(400, 401, 403, 404, 409, 415, 422),
 )
 async def update_user(
-    request: Request[Any, Any, Any], user_id: int, data: UserUpdateIn, principal: Principal
+    request: Request[Any, Any, Any],
+    user_id: UserIdPath,
+    data: JSONBody[UserUpdateIn],
+    principal: NamedDependency[Principal],
 ) -> UserOut:
     """Change a user's role or active flag (admin only)."""
     return await _auth(request).update_user(user_id, data, principal)

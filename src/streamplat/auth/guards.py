@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
@@ -69,6 +70,6 @@ async def requires_login(connection: ASGIConnection[Any, Any, Any, Any], _: Base
     await authenticate(connection)
 
 
-async def provide_principal(request: Any) -> Principal:
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     """Dependency: the authenticated caller (401 without a valid token)."""
     return await authenticate(request)

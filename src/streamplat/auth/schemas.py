@@ -24,7 +24,7 @@ Email = Annotated[
     msgspec.Meta(
         max_length=254,
         pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
-        extra={"message": "must be a valid email"},
+        extra={"message": "must be a valid email", "printable": True},
     ),
 ]
 Password = Annotated[str, msgspec.Meta(min_length=6, max_length=128)]
@@ -60,8 +60,10 @@ class RefreshIn(msgspec.Struct):
 
 
 class UserUpdateIn(msgspec.Struct):
-    role: Role | None = None
-    is_active: bool | None = None
+    """PATCH body: each field may be left out (unchanged); neither may be null."""
+
+    role: Role | msgspec.UnsetType = msgspec.UNSET
+    is_active: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class UserOut(msgspec.Struct):

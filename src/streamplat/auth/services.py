@@ -247,13 +247,13 @@ class AuthService:
             losing_admin = (
                 user.role == "admin"
                 and user.is_active
-                and ((data.role is not None and data.role != "admin") or data.is_active is False)
+                and ((isinstance(data.role, str) and data.role != "admin") or data.is_active is False)
             )
             if losing_admin:
                 await self._demote_unless_last_admin(session, user, data)
-            if data.role is not None:
+            if isinstance(data.role, str):  # left out: UNSET, unchanged
                 user.role = data.role
-            if data.is_active is not None:
+            if isinstance(data.is_active, bool):
                 user.is_active = data.is_active
                 if not data.is_active:
                     await session.execute(

@@ -18,6 +18,8 @@ from typing import Any
 
 import jwt
 
+from streamplat.params import SQL_INT_MAX
+
 ALGORITHM = "HS256"
 
 
@@ -88,11 +90,14 @@ class TokenIssuer:
         if claims.get("type") != "access":
             raise InvalidToken("not an access token")
         try:
-            return AccessClaims(
-                int(claims["sub"]), str(claims.get("role", "")), str(claims.get("username", ""))
-            )
+            user_id = int(claims["sub"])
         except (TypeError, ValueError):
             raise InvalidToken("bad subject") from None
+        # A user id the database cannot hold (64-bit signed) names nobody; refusing it here keeps
+        # it away from the driver, which would raise OverflowError (a 500) on the lookup.
+        if not 1 <= user_id <= SQL_INT_MAX:
+            raise InvalidToken("bad subject")
+        return AccessClaims(user_id, str(claims.get("role", "")), str(claims.get("username", "")))
 
     @staticmethod
     def new_refresh_token() -> tuple[str, str]:

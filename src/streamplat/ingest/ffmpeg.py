@@ -36,8 +36,8 @@ PASSPHRASE_MIN_LENGTH = 10
 PASSPHRASE_MAX_LENGTH = 64
 _MASK = "********"
 
-_SEGMENT_RE = re.compile(r"^segment_(\d+)\.ts$")
-_SEGMENT_TMP_RE = re.compile(r"^segment_(\d+)\.ts\.tmp$")
+_SEGMENT_RE = re.compile(r"segment_(\d+)\.ts")
+_SEGMENT_TMP_RE = re.compile(r"segment_(\d+)\.ts\.tmp")
 TS_PACKET_SIZE = 188
 
 
@@ -48,7 +48,7 @@ def segment_name(number: int) -> str:
 
 def segment_number(name: str) -> int | None:
     """Sequence number of a finished segment file name, or None for any other name."""
-    match = _SEGMENT_RE.match(name)
+    match = _SEGMENT_RE.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
@@ -84,28 +84,63 @@ def srt_listener_url(
     return f"srt://{host}:{port}?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
 
 
-def build_listener_argv(
-    *,
-    ffmpeg_binary: str,
+def listener_input_list(
     bind_host: str,
     port: int,
     passphrase: str,
+    *,
+    latency_ms: int,
+    publisher_timeout_seconds: float,
+    analyze_seconds: float = 0.5,
+) -> str:
+    """The ffconcat file naming the listener's `srt://` URL, passphrase included.
+
+    The passphrase is the stream key, and FFmpeg's argv is world-readable (/proc/PID/cmdline,
+    `ps`), so the URL reaches FFmpeg in this file (written 0600) instead: the concat demuxer
+    opens the one entry as if it were `-i <url>`. FFmpeg cannot read an AVOption such as
+    `passphrase` or `-i` itself from a file (its `-/option file` syntax covers only its own
+    options that take a value, not `-i`, not protocol options), and it reads no URL from the
+    environment.
+    """
+    validate_passphrase(passphrase)
+    url = srt_listener_url(
+        bind_host,
+        port,
+        passphrase,
+        latency_ms=latency_ms,
+        publisher_timeout_seconds=publisher_timeout_seconds,
+    )
+    # Inside single quotes ffconcat takes everything literally; the URL is percent-encoded, so it
+    # holds no quote or newline that could end the entry.
+    assert "'" not in url and "\n" not in url
+    return (
+        "ffconcat version 1.0\n"
+        f"file '{url}'\n"
+        # The entry is probed like an -i input: 0.5 s, not 5 s (see build_listener_argv).
+        f"option analyzeduration {int(analyze_seconds * 1_000_000)}\n"
+    )
+
+
+def build_listener_argv(
+    *,
+    ffmpeg_binary: str,
+    input_list: str,
+    port: int,
     playlist_dir: str,
     segment_seconds: float,
     playlist_size: int,
-    latency_ms: int,
-    publisher_timeout_seconds: float,
     continue_playlist: bool = False,
     analyze_seconds: float = 0.5,
     stats_period_seconds: float = 0.5,
 ) -> list[str]:
     """FFmpeg argv for one SRT listener that remuxes (no transcoding) into a live HLS playlist.
 
-    `playlist_dir` is used as a path prefix as given; FFmpeg writes `stream.m3u8` and
-    `segment_NNNNN.ts` there. `continue_playlist` appends to the playlist already there
+    `input_list` is the path of the listener's ffconcat file (`listener_input_list`), which
+    holds the SRT URL and its passphrase so that neither appears in argv. `port` is only
+    checked here. `playlist_dir` is used as a path prefix as given; FFmpeg writes `stream.m3u8`
+    and `segment_NNNNN.ts` there. `continue_playlist` appends to the playlist already there
     (after a publisher reconnect or a server restart) instead of starting a new one.
     """
-    validate_passphrase(passphrase)
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {port}")
     directory = playlist_dir.rstrip("/") or "/"
@@ -114,13 +149,6 @@ def build_listener_argv(
         # Only when continuing: on a fresh playlist append_list would also put a
         # DISCONTINUITY before the very first segment.
         flags.insert(1, "append_list")
-    url = srt_listener_url(
-        bind_host,
-        port,
-        passphrase,
-        latency_ms=latency_ms,
-        publisher_timeout_seconds=publisher_timeout_seconds,
-    )
     return [
         ffmpeg_binary,
         "-nostdin",  # never read the terminal; we stop FFmpeg with SIGINT
@@ -133,8 +161,16 @@ def build_listener_argv(
         # publisher connects. (-probesize 32 would silently drop the AAC track.)
         "-analyzeduration",
         str(int(analyze_seconds * 1_000_000)),
+        # The SRT URL comes from the list file (see listener_input_list); the concat demuxer
+        # may open only files and SRT, and -safe 0 lets it open a URL at all.
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-protocol_whitelist",
+        "file,srt",
         "-i",
-        url,
+        input_list,
         "-map",
         "0",
         "-c",
@@ -387,7 +423,7 @@ def plan_salvage(playlist_text: str | None, file_names: Iterable[str]) -> Salvag
         if number is not None:
             finished.add(number)
             continue
-        match = _SEGMENT_TMP_RE.match(name)
+        match = _SEGMENT_TMP_RE.fullmatch(name)
         if match:
             partial[int(match.group(1))] = name
     renames: list[tuple[str, str]] = []

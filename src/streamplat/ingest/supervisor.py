@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
 import shlex
+import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, MutableMapping
@@ -48,6 +51,7 @@ from streamplat.ingest.ffmpeg import (
     build_listener_argv,
     clean_stderr_line,
     describe_exit,
+    listener_input_list,
     mask_secret,
     validate_passphrase,
 )
@@ -213,10 +217,13 @@ class IngestSupervisor:
         self._streams: dict[str, _Stream] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
+        self._private_dir = pathlib.Path()  # made by __aenter__
 
     async def __aenter__(self) -> IngestSupervisor:
         if self._tasks is not None:
             raise RuntimeError("IngestSupervisor is already running")
+        # Private to this process's user (0700): the listeners' input lists hold stream keys.
+        self._private_dir = pathlib.Path(tempfile.mkdtemp(prefix="streamplat-ingest-"))
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._closing = False
@@ -247,7 +254,10 @@ class IngestSupervisor:
             self._streams.clear()
             self._tasks = None
             # Playlists are deliberately not ended: a shutdown is not the end of a stream.
-            await tasks.__aexit__(exc_type, exc, tb)
+            try:
+                await tasks.__aexit__(exc_type, exc, tb)
+            finally:
+                shutil.rmtree(self._private_dir, ignore_errors=True)
         return None
 
     async def start(self, stream_id: str, port: int, passphrase: str, hls_dir: pathlib.Path) -> None:
@@ -392,16 +402,30 @@ class IngestSupervisor:
             return _Outcome(received_media=False, reason=reason)
         if hls.salvaged:
             stream.log.warning("listed orphaned segments %s in the playlist", hls.salvaged)
+        # The stream key travels in a 0600 file, never in argv (world-readable in /proc).
+        # Named after the port too, so `ps` still shows which listener is which.
+        input_list = self._private_dir / f"{stream.stream_id}-srt{stream.port}.ffconcat"
+        listing = listener_input_list(
+            settings.srt_bind_host,
+            stream.port,
+            stream.passphrase,
+            latency_ms=settings.srt_latency_ms,
+            publisher_timeout_seconds=settings.publisher_timeout_seconds,
+        )
+        try:
+            await asyncio.to_thread(_write_private, input_list, listing)
+        except OSError as exc:
+            reason = f"cannot write the listener's input list {input_list}: {exc}"
+            stream.last_error = reason
+            stream.log.error("%s", reason)
+            return _Outcome(received_media=False, reason=reason)
         argv = build_listener_argv(
             ffmpeg_binary=settings.ffmpeg_binary,
-            bind_host=settings.srt_bind_host,
+            input_list=str(input_list),
             port=stream.port,
-            passphrase=stream.passphrase,
             playlist_dir=str(stream.hls_dir),
             segment_seconds=settings.segment_seconds,
             playlist_size=settings.playlist_size,
-            latency_ms=settings.srt_latency_ms,
-            publisher_timeout_seconds=settings.publisher_timeout_seconds,
             continue_playlist=hls.playlist_exists,
         )
         stream.log.info(
@@ -481,6 +505,7 @@ class IngestSupervisor:
             # shutdown): no time for a graceful stop, and the next start() salvages the
             # unfinished segment.
             signal_group(process, signal.SIGKILL)
+            input_list.unlink(missing_ok=True)  # FFmpeg read it at start; the next listener rewrites it
             stream.process = None
             stream.publisher_connected = False
             stream.connected_at = None
@@ -575,6 +600,14 @@ class IngestSupervisor:
                 stream.log.warning("FFmpeg ignored SIGINT for %.1f s; sending SIGKILL", timeout)
             signal_group(process, signal.SIGKILL)
             await process.wait()
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    """Write `text` to `path` readable by this user only (replacing what was there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        f.write(text)
 
 
 async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:

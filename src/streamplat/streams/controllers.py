@@ -6,12 +6,13 @@ import re
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, JSONBody, PathParameter
 
 from streamplat.auth import Principal, provide_principal, requires_login, requires_role
 from streamplat.errors import NotFound, responses
-from streamplat.httpfiles import file_response
+from streamplat.httpfiles import file_response, file_responses
+from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams.schemas import (
     IngestStatusOut,
     KeyRotated,
@@ -28,8 +29,8 @@ from streamplat.streams.services import StreamService, is_stream_id
 from streamplat.streams.viewers import viewer_key
 from streamplat.validation import ValidatedBody
 
-Limit = Annotated[int, Parameter(ge=1, le=100, description="page size (default 50, max 100)")]
-Offset = Annotated[int, Parameter(ge=0, description="items to skip")]
+Caller = NamedDependency[Principal]
+Streams = NamedDependency[StreamService]
 
 
 def provide_streams(request: Request[Any, Any, Any]) -> StreamService:
@@ -47,19 +48,19 @@ def provide_streams(request: Request[Any, Any, Any]) -> StreamService:
     return_dto=None,
     status_code=201,
     guards=[requires_role("streamer", "admin")],
-    responses=responses(400, 401, 403, 422),
+    responses=responses(400, 401, 403, 415, 422),
 )
-async def create_stream(data: StreamCreate, principal: Principal, streams: StreamService) -> StreamCreated:
+async def create_stream(data: JSONBody[StreamCreate], principal: Caller, streams: Streams) -> StreamCreated:
     """Create a stream (streamers and admins)."""
     return await streams.create_stream(data, principal)
 
 
 @get("/api/streams", guards=[requires_login], responses=responses(401, 403, 422))
 async def list_streams(
-    principal: Principal,
-    streams: StreamService,
-    status: StreamStatus | None = None,
-    user_id: Annotated[int | None, Parameter(ge=1, description="admins: only this user's streams")] = None,
+    principal: Caller,
+    streams: Streams,
+    status: FromQuery[StreamStatus | None] = None,
+    user_id: UserIdFilter = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> StreamList:
@@ -69,7 +70,7 @@ async def list_streams(
 
 @get("/api/streams/live", guards=[requires_login], responses=responses(401, 422))
 async def list_live_streams(
-    principal: Principal, streams: StreamService, limit: Limit = 50, offset: Offset = 0
+    principal: Caller, streams: Streams, limit: Limit = 50, offset: Offset = 0
 ) -> StreamList:
     """Every live stream (waiting or active) of every user, for a viewer's home page."""
     return await streams.list_streams(
@@ -78,7 +79,7 @@ async def list_live_streams(
 
 
 @get("/api/streams/{stream_id:str}", guards=[requires_login], responses=responses(401, 404))
-async def get_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamDetail:
+async def get_stream(stream_id: StreamIdPath, principal: Caller, streams: Streams) -> StreamDetail:
     """One stream; srt_url and stream_key are shown to its owner and admins only."""
     return await streams.get_stream(stream_id, principal)
 
@@ -89,7 +90,7 @@ async def get_stream(stream_id: str, principal: Principal, streams: StreamServic
     guards=[requires_login],
     responses=responses(401, 403, 404, 409, 503, 507),
 )
-async def start_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamStarted:
+async def start_stream(stream_id: StreamIdPath, principal: Caller, streams: Streams) -> StreamStarted:
     """Open the stream's SRT listener; point OBS at the returned srt_url."""
     return await streams.start_stream(stream_id, principal)
 
@@ -100,7 +101,7 @@ async def start_stream(stream_id: str, principal: Principal, streams: StreamServ
     guards=[requires_login],
     responses=responses(401, 403, 404, 409),
 )
-async def stop_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamStopped:
+async def stop_stream(stream_id: StreamIdPath, principal: Caller, streams: Streams) -> StreamStopped:
     """Stop the stream; its recording is processed in the background."""
     return await streams.stop_stream(stream_id, principal)
 
@@ -111,7 +112,7 @@ async def stop_stream(stream_id: str, principal: Principal, streams: StreamServi
     guards=[requires_login],
     responses=responses(401, 403, 404, 409),
 )
-async def rotate_key(stream_id: str, principal: Principal, streams: StreamService) -> KeyRotated:
+async def rotate_key(stream_id: StreamIdPath, principal: Caller, streams: Streams) -> KeyRotated:
     """Replace the stream's SRT passphrase (not while live)."""
     return await streams.rotate_key(stream_id, principal)
 
@@ -122,7 +123,7 @@ async def rotate_key(stream_id: str, principal: Principal, streams: StreamServic
     guards=[requires_login],
     responses=responses(401, 403, 404),
 )
-async def delete_stream(stream_id: str, principal: Principal, streams: StreamService) -> StreamDeleted:
+async def delete_stream(stream_id: StreamIdPath, principal: Caller, streams: Streams) -> StreamDeleted:
     """Delete the stream (a live one is stopped first); its recording stays."""
     return await streams.delete_stream(stream_id, principal)
 
@@ -151,12 +152,13 @@ def main_stream_router() -> Router:
 
 # --- Stream App ----------------------------------------------------------------------------
 
-SEGMENT_NAME = re.compile(r"^segment_\d{1,12}\.ts$")
+SEGMENT_NAME = re.compile(r"segment_\d{1,12}\.ts")
+SegmentPath = Annotated[str, PathParameter(description="a segment's file name (segment_<n>.ts)")]
 PLAYLIST_HEADERS = {"Cache-Control": "no-cache, no-store"}
 
 
 @get("/stream/{stream_id:str}/status", responses=responses(404))
-async def ingest_status(stream_id: str, streams: StreamService) -> IngestStatusOut:
+async def ingest_status(stream_id: StreamIdPath, streams: Streams) -> IngestStatusOut:
     """What the stream's FFmpeg listener is doing right now."""
     # The public view (as any viewer sees it): this port needs no token, so no key may leak.
     detail = await streams.get_stream(stream_id, Principal(0, "", "viewer"))
@@ -185,7 +187,7 @@ def _touch(request: Request[Any, Any, Any], streams: StreamService, stream_id: s
 
 @get("/hls/{stream_id:str}/stream.m3u8", responses=responses(404), media_type="application/vnd.apple.mpegurl")
 async def hls_playlist(
-    request: Request[Any, Any, Any], stream_id: str, streams: StreamService
+    request: Request[Any, Any, Any], stream_id: StreamIdPath, streams: Streams
 ) -> Response[bytes]:
     """The live HLS playlist (no token needed; plain hls.js plays it)."""
     if not is_stream_id(stream_id):
@@ -201,14 +203,18 @@ async def hls_playlist(
     return Response(body, media_type="application/vnd.apple.mpegurl", headers=PLAYLIST_HEADERS)
 
 
-@get("/hls/{stream_id:str}/{segment:str}", responses=responses(404), media_type="video/mp2t")
+@get(
+    "/hls/{stream_id:str}/{segment:str}",
+    responses={**responses(404, 416), **file_responses("video/mp2t")},
+    media_type="video/mp2t",
+)
 async def hls_segment(
-    request: Request[Any, Any, Any], stream_id: str, segment: str, streams: StreamService
-) -> Response[Any]:
+    request: Request[Any, Any, Any], stream_id: StreamIdPath, segment: SegmentPath, streams: Streams
+) -> Response[bytes]:
     """One MPEG-TS segment of the stream."""
     if not is_stream_id(stream_id):
         raise NotFound("Stream not found")
-    if not SEGMENT_NAME.match(segment):
+    if not SEGMENT_NAME.fullmatch(segment):
         raise NotFound("Segment not found")
     path = streams.hls_dir(stream_id) / segment
     if not path.is_file():

@@ -11,7 +11,7 @@ StreamStatus = Literal["created", "waiting", "active", "stopped"]
 
 class StreamCreate(msgspec.Struct):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    # Absent or null means empty: the spec's client sends only what it was given.
+    # Absent means empty: the spec's client sends only what it was given (null is refused).
     title: Annotated[str, msgspec.Meta(max_length=200)] = ""
     description: Annotated[str, msgspec.Meta(max_length=5000)] = ""
 

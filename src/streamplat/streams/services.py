@@ -59,7 +59,7 @@ from streamplat.streams.viewers import ViewerTracker
 
 log = logging.getLogger(__name__)
 
-STREAM_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+STREAM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class IngestStatusLike(Protocol):
@@ -126,7 +126,7 @@ def new_stream_key() -> str:
 
 def is_stream_id(value: str) -> bool:
     """True if `value` has the shape of a stream id (so it is safe in a path)."""
-    return bool(STREAM_ID.match(value))
+    return bool(STREAM_ID.fullmatch(value))
 
 
 class StreamService:

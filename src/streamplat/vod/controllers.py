@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, Response, Router, delete, get, post, route
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery
 
 from streamplat.auth import Principal, optional_principal, provide_principal, requires_login
 from streamplat.errors import NotFound, responses
-from streamplat.httpfiles import file_response
+from streamplat.httpfiles import file_response, file_responses
+from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams import is_stream_id
 from streamplat.vod.schemas import (
     RecordingDeleted,
@@ -22,6 +23,8 @@ from streamplat.vod.schemas import (
 from streamplat.vod.services import RecordingService
 
 FILE_HEADERS = {"Cache-Control": "public, max-age=300"}
+Caller = NamedDependency[Principal]
+Recordings = NamedDependency[RecordingService]
 
 
 def provide_recordings(request: Request[Any, Any, Any]) -> RecordingService:
@@ -30,7 +33,7 @@ def provide_recordings(request: Request[Any, Any, Any]) -> RecordingService:
     return service
 
 
-def _checked(stream_id: str) -> str:
+def _checked(stream_id: StreamIdPath) -> str:
     if not is_stream_id(stream_id):
         raise NotFound("Recording not found")
     return stream_id
@@ -44,11 +47,11 @@ async def _accept_optional_token(request: Request[Any, Any, Any]) -> None:
 @get("/api/v1/recordings", responses=responses(401, 422))
 async def list_recordings(
     request: Request[Any, Any, Any],
-    recordings: RecordingService,
-    user_id: Annotated[int | None, Parameter(ge=1)] = None,
-    status: RecordingStatus | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
+    recordings: Recordings,
+    user_id: UserIdFilter = None,
+    status: FromQuery[RecordingStatus | None] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> RecordingList:
     """Recordings, newest first, optionally one user's and/or one status."""
     await _accept_optional_token(request)
@@ -57,7 +60,7 @@ async def list_recordings(
 
 @get("/api/v1/recordings/{stream_id:str}", responses=responses(401, 404))
 async def get_recording(
-    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
+    request: Request[Any, Any, Any], stream_id: StreamIdPath, recordings: Recordings
 ) -> RecordingOut:
     """One recording by the id of the stream it was made from."""
     await _accept_optional_token(request)
@@ -77,11 +80,12 @@ async def _serve(
 @route(
     ["/api/v1/recordings/{stream_id:str}/video", "/recordings/vod/{stream_id:str}/video.mp4"],
     http_method=["GET", "HEAD"],
-    responses=responses(404, 409, 416),
+    media_type="video/mp4",
+    responses={**responses(401, 404, 409, 416), **file_responses("video/mp4")},
 )
 async def recording_video(
-    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
-) -> Response[Any]:
+    request: Request[Any, Any, Any], stream_id: StreamIdPath, recordings: Recordings
+) -> Response[bytes]:
     """The MP4, also at the recording's file_path (byte ranges supported, so players can seek)."""
     return await _serve(request, recordings, stream_id, "video.mp4", "video/mp4")
 
@@ -89,11 +93,12 @@ async def recording_video(
 @route(
     ["/api/v1/recordings/{stream_id:str}/thumbnail", "/recordings/vod/{stream_id:str}/thumbnail.jpg"],
     http_method=["GET", "HEAD"],
-    responses=responses(404, 409),
+    media_type="image/jpeg",
+    responses={**responses(401, 404, 409, 416), **file_responses("image/jpeg")},
 )
 async def recording_thumbnail(
-    request: Request[Any, Any, Any], stream_id: str, recordings: RecordingService
-) -> Response[Any]:
+    request: Request[Any, Any, Any], stream_id: StreamIdPath, recordings: Recordings
+) -> Response[bytes]:
     """The JPEG thumbnail, also at the recording's thumbnail_path."""
     return await _serve(request, recordings, stream_id, "thumbnail.jpg", "image/jpeg")
 
@@ -105,7 +110,7 @@ async def recording_thumbnail(
     responses=responses(401, 403, 404),
 )
 async def delete_recording(
-    stream_id: str, principal: Principal, recordings: RecordingService
+    stream_id: StreamIdPath, principal: Caller, recordings: Recordings
 ) -> RecordingDeleted:
     """Delete a recording and its files (owner or admin)."""
     return await recordings.delete_recording(_checked(stream_id), principal)
@@ -117,7 +122,7 @@ async def delete_recording(
     guards=[requires_login],
     responses=responses(401, 403, 404, 409),
 )
-async def retry_recording(stream_id: str, principal: Principal, recordings: RecordingService) -> RetryStarted:
+async def retry_recording(stream_id: StreamIdPath, principal: Caller, recordings: Recordings) -> RetryStarted:
     """Process a failed recording again (owner or admin)."""
     return await recordings.retry(_checked(stream_id), principal)
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request, Response, Router, get, route
+from litestar.params import FromPath
 
 from streamplat.errors import NotFound, responses
 from streamplat.httpfiles import file_response
@@ -117,11 +118,11 @@ class _CurrentBuild:
 
 _current_build = _CurrentBuild()
 
-BUILD_ID: Final = re.compile(rf"^{BUILD_PREFIX}[0-9a-f]{{12}}$")
+BUILD_ID: Final = re.compile(rf"{BUILD_PREFIX}[0-9a-f]{{12}}")
 
 
 def _is_build_id(part: str) -> bool:
-    return BUILD_ID.match(part) is not None
+    return BUILD_ID.fullmatch(part) is not None
 
 
 def static_file(root: Path, parts: list[str]) -> Path:
@@ -158,13 +159,13 @@ async def app_page() -> Response[bytes]:
 
 
 @get("/watch/{stream_id:str}", include_in_schema=False)
-async def watch_page(stream_id: str) -> Response[bytes]:
+async def watch_page(stream_id: FromPath[str]) -> Response[bytes]:
     """The web app's watch page (client-side routed; the page checks the stream id)."""
     return await _index_page()
 
 
 @route("/static/{path:path}", http_method=["GET", "HEAD"], include_in_schema=False, responses=responses(404))
-async def static(request: Request[Any, Any, Any], path: str) -> Response[Any]:
+async def static(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[Any]:
     """A static file of the web app; versioned URLs are cached for a year."""
     parts = path.strip("/").split("/")
     cache = REVALIDATE

@@ -13,6 +13,7 @@ from streamplat.ingest.ffmpeg import (
     build_listener_argv,
     clean_stderr_line,
     describe_exit,
+    listener_input_list,
     mask_secret,
     parse_playlist,
     parse_progress_block,
@@ -64,19 +65,25 @@ segment_00010.ts
 def fixture_argv() -> list[str]:
     return build_listener_argv(
         ffmpeg_binary="/usr/bin/ffmpeg",
-        bind_host="0.0.0.0",
+        input_list="/run/private/abc.ffconcat",
         port=10001,
-        passphrase=KEY,
         playlist_dir="/data/hls/abc",
         segment_seconds=2.0,
         playlist_size=6,
-        latency_ms=120,
-        publisher_timeout_seconds=3.0,
     )
 
 
-def _value(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]
+def _value(argv: list[str], flag: str, after: str | None = None) -> str:
+    start = argv.index(after) + 1 if after else 0
+    return argv[argv.index(flag, start) + 1]
+
+
+def _listed_url(listing: str) -> str:
+    lines = listing.splitlines()
+    assert lines[0] == "ffconcat version 1.0"
+    (entry,) = [line for line in lines if line.startswith("file ")]
+    assert entry.startswith("file '") and entry.endswith("'")
+    return entry[len("file '") : -1]
 
 
 def test_argv_remuxes_every_stream_without_transcoding(argv: list[str]) -> None:
@@ -89,36 +96,35 @@ def test_argv_remuxes_every_stream_without_transcoding(argv: list[str]) -> None:
     assert _value(argv, "-analyzeduration") == "500000"
 
 
-def test_argv_listens_on_the_port_with_the_passphrase(argv: list[str]) -> None:
-    url = urllib.parse.urlsplit(_value(argv, "-i"))
+def test_argv_reads_its_input_from_the_private_list_and_never_holds_the_key(argv: list[str]) -> None:
+    assert _value(argv, "-f") == "concat" and _value(argv, "-i") == "/run/private/abc.ffconcat"
+    assert argv.index("-f") < argv.index("-i")
+    assert _value(argv, "-protocol_whitelist") == "file,srt"
+    assert KEY not in " ".join(argv) and "srt://" not in " ".join(argv)
+
+
+def test_input_list_listens_on_the_port_with_the_passphrase() -> None:
+    listing = listener_input_list("0.0.0.0", 10001, KEY, latency_ms=120, publisher_timeout_seconds=3.0)
+    url = urllib.parse.urlsplit(_listed_url(listing))
     query = dict(urllib.parse.parse_qsl(url.query))
     assert (url.scheme, url.hostname, url.port) == ("srt", "0.0.0.0", 10001)
     assert query["mode"] == "listener"
     assert query["passphrase"] == KEY
     assert query["latency"] == "120000"  # FFmpeg's libsrt wants microseconds
     assert query["timeout"] == "3000000"
+    assert "option analyzeduration 500000" in listing.splitlines()
 
 
-def test_argv_quotes_a_passphrase_with_url_characters() -> None:
-    key = "a&b=c%d e+f/g?h#i"
-    argv = build_listener_argv(
-        ffmpeg_binary="ffmpeg",
-        bind_host="::",
-        port=5000,
-        passphrase=key,
-        playlist_dir="/tmp/x",
-        segment_seconds=1,
-        playlist_size=6,
-        latency_ms=120,
-        publisher_timeout_seconds=3,
-    )
-    url = urllib.parse.urlsplit(_value(argv, "-i"))
+def test_input_list_quotes_a_passphrase_with_url_and_quote_characters() -> None:
+    key = "a&b=c%d e+f/g?h#i'j"
+    listing = listener_input_list("::", 5000, key, latency_ms=120, publisher_timeout_seconds=3)
+    url = urllib.parse.urlsplit(_listed_url(listing))
     assert url.netloc == "[::]:5000"
     assert dict(urllib.parse.parse_qsl(url.query))["passphrase"] == key
 
 
 def test_argv_writes_a_live_hls_playlist_that_keeps_every_segment(argv: list[str]) -> None:
-    assert _value(argv, "-f") == "hls"
+    assert _value(argv, "-f", after="-i") == "hls"
     assert _value(argv, "-hls_time") == "2"
     assert _value(argv, "-hls_list_size") == "6"
     flags = _value(argv, "-hls_flags").split("+")
@@ -135,37 +141,25 @@ def test_argv_writes_a_live_hls_playlist_that_keeps_every_segment(argv: list[str
 def test_argv_continues_an_existing_playlist() -> None:
     argv = build_listener_argv(
         ffmpeg_binary="ffmpeg",
-        bind_host="0.0.0.0",
+        input_list="/tmp/x.ffconcat",
         port=10001,
-        passphrase=KEY,
         playlist_dir="/tmp/x",
         segment_seconds=2,
         playlist_size=6,
-        latency_ms=120,
-        publisher_timeout_seconds=3,
         continue_playlist=True,
     )
     assert "append_list" in _value(argv, "-hls_flags").split("+")
 
 
 @pytest.mark.parametrize("passphrase", ["short", "x" * 65])
-def test_argv_refuses_a_passphrase_srt_would_reject(passphrase: str) -> None:
+def test_input_list_refuses_a_passphrase_srt_would_reject(passphrase: str) -> None:
     with pytest.raises(ValueError, match="10-64"):
-        build_listener_argv(
-            ffmpeg_binary="ffmpeg",
-            bind_host="0.0.0.0",
-            port=10001,
-            passphrase=passphrase,
-            playlist_dir="/tmp/x",
-            segment_seconds=2,
-            playlist_size=6,
-            latency_ms=120,
-            publisher_timeout_seconds=3,
-        )
+        listener_input_list("0.0.0.0", 10001, passphrase, latency_ms=120, publisher_timeout_seconds=3)
 
 
-def test_logged_argv_hides_the_passphrase(argv: list[str]) -> None:
-    masked = " ".join(mask_secret(argv, KEY))
+def test_logged_text_hides_the_passphrase() -> None:
+    url = _listed_url(listener_input_list("0.0.0.0", 1, KEY, latency_ms=120, publisher_timeout_seconds=3))
+    masked = " ".join(mask_secret(["ffmpeg", "-i", url], KEY))
     assert KEY not in masked
     assert "passphrase=********" in masked
 

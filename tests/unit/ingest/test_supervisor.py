@@ -97,7 +97,7 @@ async def wait_until(predicate: Callable[[], bool], within: float, what: str = "
 
 def listener_pids(port: int, parent: int | None = None) -> list[int]:
     """Pids of live FFmpeg SRT listeners on the port (optionally children of `parent`)."""
-    needle = f":{port}?mode=listener".encode()
+    needle = f"-srt{port}.ffconcat\0".encode()  # the input list, named after the port
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
