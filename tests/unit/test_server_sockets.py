@@ -38,11 +38,11 @@ def test_fast_stack_by_default_and_pure_python_on_request() -> None:
     default = load(None, environ={})
     assert loop_factory(default) is uvloop.new_event_loop
     assert http_parser(default) == "httptools"
-    assert uvicorn_config(Litestar(), default).http == "httptools"
+    assert uvicorn_config(Litestar(), default).http.__name__ == "LimitedHttpToolsProtocol"
     forced = load(None, environ={"STREAMPLAT_SERVER__LOOP": "asyncio", "STREAMPLAT_SERVER__HTTP": "h11"})
     assert loop_factory(forced) is None
     assert http_parser(forced) == "h11"
-    assert uvicorn_config(Litestar(), forced).http == "h11"
+    assert uvicorn_config(Litestar(), forced).http.__name__ == "LimitedH11Protocol"
 
 
 def test_unknown_loop_or_parser_is_a_config_error() -> None:

@@ -279,9 +279,9 @@ class AuthService:
         await session.execute(select(User.id).where(*active_admin).with_for_update())
         other_admins = select(func.count(User.id)).where(*active_admin, User.id != user.id).scalar_subquery()
         values: dict[str, object] = {}
-        if data.role is not None:
+        if isinstance(data.role, str):  # left out: UNSET, unchanged
             values["role"] = data.role
-        if data.is_active is not None:
+        if isinstance(data.is_active, bool):
             values["is_active"] = data.is_active
         done = await session.execute(
             update(User)
