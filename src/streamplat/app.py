@@ -171,6 +171,7 @@ class Platform:
                 lambda hls_dir: finalise_playlist(hls_dir, i.segment_seconds),
                 storage_problem=self.storage_problem,
                 stage_recording=self.recordings.stage_recording,
+                read_cache_seconds=s.server.read_cache_seconds,
             )
         )
         log.info(

@@ -47,6 +47,9 @@ class ServerSettings(_Section):
     # request starts (or a connection opens) get the connection closed (slow-header clients).
     max_header_bytes: int = 65_536
     header_timeout_seconds: float = 10.0
+    # How long a stream row read by GET /api/streams/{id} or /stream/{id}/status is reused
+    # without a query; changes through the API apply at once whatever this is. 0 = off.
+    read_cache_seconds: float = 2.0
 
 
 class StorageSettings(_Section):
@@ -213,6 +216,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("server.max_header_bytes: must be between 1024 and 16777216")
     if not 0 < s.header_timeout_seconds <= 3600:
         raise ConfigError("server.header_timeout_seconds: must be more than 0 and at most 3600")
+    if not 0 <= s.read_cache_seconds <= 60:
+        raise ConfigError("server.read_cache_seconds: must be between 0 (off) and 60")
     if settings.metrics.token and len(settings.metrics.token) < 16:
         raise ConfigError("metrics.token: must be at least 16 characters (or empty: loopback only)")
     if settings.storage.min_free_bytes < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,6 +253,43 @@ def test_stream_stops_itself_when_no_publisher_returns(
 
 
 # --- who may do what --------------------------------------------------------------------------
+
+
+def test_stream_reads_are_cached_but_every_change_shows_at_once(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # A long cache, so that what the API shows after each change can only come from invalidation.
+    srv = server_factory({**LIVE_ENV, "STREAMPLAT_SERVER__READ_CACHE_SECONDS": "30"})
+    token = srv.user_token("cached")
+    sid = create(srv, token, title="Before")["stream_id"]
+
+    def detail() -> dict:
+        r = srv.main.get(f"/api/streams/{sid}", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    assert detail()["status"] == "created"
+    # A change behind the server's back (another process, hand-written SQL) is not seen while the
+    # row is cached: proof that the reads above and below come from the cache ...
+    with sqlite3.connect(srv.data_dir / "streamplat.db") as db:
+        db.execute("UPDATE streams SET title = 'Edited by SQL' WHERE id = ?", (sid,))
+    assert detail()["title"] == "Before"
+    # ... while every change made through the server shows on the very next read.
+    start(srv, token, sid)
+    after_start = detail()
+    assert after_start["status"] == "waiting" and after_start["port"]
+    assert after_start["title"] == "Edited by SQL"  # the row was read again after the change
+    old_key = after_start["stream_key"]
+    r = srv.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert detail()["status"] == "stopped"
+    assert srv.stream.get(f"/stream/{sid}/status").json()["status"] == "stopped"
+    r = srv.main.post(f"/api/streams/{sid}/rotate-key", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert detail()["stream_key"] not in (None, old_key)
+    r = srv.main.delete(f"/api/streams/{sid}", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert_error(srv.main.get(f"/api/streams/{sid}", headers=bearer(token)), 404)
 
 
 def test_owner_and_role_matrix(server: ServerProcess) -> None:

@@ -11,57 +11,15 @@ a refused token is checked against the database every time.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from streamplat.auth.schemas import Principal
 from streamplat.events import EventBus, UserChanged
+from streamplat.readcache import ReadCache
 
 __all__ = ["PrincipalCache"]
 
 
-class PrincipalCache:
+class PrincipalCache(ReadCache[int, Principal]):
     """user id -> Principal for `ttl_seconds`, at most `max_entries`; `ttl_seconds` 0 turns it off."""
-
-    def __init__(
-        self, ttl_seconds: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.ttl = ttl_seconds
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: dict[int, tuple[float, Principal]] = {}
-        # Bumped by every invalidation. A lookup that started before a change must not store what
-        # it read (it may be the old row): `put` compares the generation it was given.
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        """Take this before reading a user from the database; hand it to `put`."""
-        return self._generation
-
-    def get(self, user_id: int) -> Principal | None:
-        """The cached principal, or None if absent or expired."""
-        entry = self._entries.get(user_id)
-        if entry is None:
-            return None
-        expires, principal = entry
-        if self._clock() >= expires:
-            del self._entries[user_id]
-            return None
-        return principal
-
-    def put(self, principal: Principal, generation: int) -> None:
-        """Remember an active user's principal, unless any user changed since `generation`."""
-        if self.ttl <= 0 or generation != self._generation:
-            return
-        if principal.id not in self._entries and len(self._entries) >= self.max_entries:
-            del self._entries[next(iter(self._entries))]  # the oldest entry
-        self._entries[principal.id] = (self._clock() + self.ttl, principal)
-
-    def invalidate(self, user_id: int) -> None:
-        """Forget one user (their role, active flag or name changed)."""
-        self._generation += 1
-        self._entries.pop(user_id, None)
 
     def _on_user_changed(self, event: UserChanged) -> None:
         self.invalidate(event.user_id)

@@ -221,7 +221,7 @@ class AuthService:
         if user is None or not user.is_active:
             raise Unauthorized(BAD_TOKEN)
         principal = Principal(id=user.id, username=user.username, role=user.role)
-        self.principals.put(principal, generation)
+        self.principals.put(principal.id, principal, generation)
         return principal
 
     # --- user management (admin) ------------------------------------------------------------

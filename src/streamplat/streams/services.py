@@ -42,6 +42,7 @@ from streamplat.events import (
     ViewerCountChanged,
 )
 from streamplat.logs import detached_from_request
+from streamplat.readcache import ReadCache
 from streamplat.streams.models import ACTIVE, CREATED, LIVE_STATUSES, STOPPED, WAITING, Stream
 from streamplat.streams.portpool import PortPool, PortPoolExhausted
 from streamplat.streams.schemas import (
@@ -145,6 +146,7 @@ class StreamService:
         viewer_push_interval: float = 2.0,
         storage_problem: Callable[[], str | None] = lambda: None,
         stage_recording: RecordingStager | None = None,
+        read_cache_seconds: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -157,6 +159,9 @@ class StreamService:
         self._viewer_push_interval = viewer_push_interval
         self._storage_problem = storage_problem
         self._stage_recording = stage_recording
+        # Stream rows read per request (GET /api/streams/{id}, /stream/{id}/status), kept for a
+        # moment; every change below goes through _commit, which forgets the row (readcache.py).
+        self._rows: ReadCache[str, tuple[Stream, str]] = ReadCache(read_cache_seconds)
         self._segment_counter = SegmentCounter()
         # Streams this process has live; only their HLS fetches count as viewers (a stopped
         # stream's final playlist stays readable, but nobody watches it live any more).
@@ -298,6 +303,27 @@ class StreamService:
                 del self._lock_users[stream_id]
                 del self._locks[stream_id]
 
+    async def _commit(self, session: AsyncSession, stream_id: str) -> None:
+        """Commit a change to the stream's row; the read cache forgets the row before anyone reads."""
+        try:
+            await session.commit()
+        finally:
+            self._rows.invalidate(stream_id)
+
+    async def _read(self, stream_id: str) -> tuple[Stream, str]:
+        """The stream's row and owner's name for reading, from the cache when it is fresh.
+
+        The cached Stream is detached and never written to: every change loads its own row.
+        """
+        cached = self._rows.get(stream_id)
+        if cached is not None:
+            return cached
+        generation = self._rows.generation
+        async with self._sessions() as session:
+            row = await self._get(session, stream_id)
+        self._rows.put(stream_id, row, generation)
+        return row
+
     async def _get(self, session: AsyncSession, stream_id: str) -> tuple[Stream, str]:
         if not is_stream_id(stream_id):
             raise NotFound("Stream not found")
@@ -364,8 +390,7 @@ class StreamService:
 
     async def get_stream(self, stream_id: str, actor: Principal) -> StreamDetail:
         """One stream; everyone signed in may see it, only the owner and admins its SRT URL and key."""
-        async with self._sessions() as session:
-            stream, username = await self._get(session, stream_id)
+        stream, username = await self._read(stream_id)
         return self._detail(stream, username, actor)
 
     async def list_streams(
@@ -470,7 +495,7 @@ class StreamService:
             stream.started_at = utcnow()
             stream.status_reason = None
             try:
-                await session.commit()
+                await self._commit(session, stream.id)
             except BaseException:
                 self._ports.release(port)
                 raise
@@ -511,7 +536,7 @@ class StreamService:
         stream.port = None
         stream.started_at = None
         stream.status_reason = "the SRT listener could not start"
-        await session.commit()
+        await self._commit(session, stream.id)
         if port is not None:
             self._ports.release(port)
         await self._bus.publish(StreamStatusChanged(stream.id, CREATED, stream.user_id, stream.status_reason))
@@ -563,7 +588,7 @@ class StreamService:
                     title=stream.title,
                     media_dir=hls_dir,
                 )
-            await session.commit()
+            await self._commit(session, stream_id)
         if port is not None:
             self._ports.release(port)
         self._live.discard(stream_id)
@@ -586,7 +611,7 @@ class StreamService:
             if stream.status in LIVE_STATUSES:
                 raise Conflict("Stop the stream before rotating its key")
             stream.stream_key = new_stream_key()
-            await session.commit()
+            await self._commit(session, stream_id)
         log.info("stream=%s key rotated", stream_id, extra={"stream_id": stream_id})
         return KeyRotated(stream_id=stream_id, stream_key=stream.stream_key, message="Stream key rotated")
 
@@ -602,7 +627,7 @@ class StreamService:
         async with self._locked(stream_id), self._sessions() as session:
             stream, _ = await self._get(session, stream_id)
             await session.delete(stream)
-            await session.commit()
+            await self._commit(session, stream_id)
         log.info("stream=%s deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id})
         return StreamDeleted(message="Stream deleted successfully", stream_id=stream_id)
 
@@ -615,7 +640,7 @@ class StreamService:
                 return
             stream.status = status
             stream.status_reason = reason
-            await session.commit()
+            await self._commit(session, stream_id)
             user_id = stream.user_id
         log.info(
             "stream=%s is %s%s",
