@@ -28,7 +28,12 @@ Recordings = NamedDependency[RecordingService]
 
 
 def provide_recordings(request: Request[Any, Any, Any]) -> RecordingService:
-    """Dependency: the recording service."""
+    """The recording service (a dependency where it is a handler's only one).
+
+    Handlers that also take the caller (`principal`) call this directly instead: Litestar resolves
+    two dependencies of one handler concurrently, in an anyio task group per request, which was
+    a quarter of the cost of a cached GET /api/streams/{id} (py-spy; +30 % req/s without it).
+    """
     service: RecordingService = request.app.state.platform.recordings
     return service
 
@@ -110,10 +115,10 @@ async def recording_thumbnail(
     responses=responses(401, 403, 404),
 )
 async def delete_recording(
-    stream_id: StreamIdPath, principal: Caller, recordings: Recordings
+    stream_id: StreamIdPath, principal: Caller, request: Request[Any, Any, Any]
 ) -> RecordingDeleted:
     """Delete a recording and its files (owner or admin)."""
-    return await recordings.delete_recording(_checked(stream_id), principal)
+    return await provide_recordings(request).delete_recording(_checked(stream_id), principal)
 
 
 @post(
@@ -122,9 +127,11 @@ async def delete_recording(
     guards=[requires_login],
     responses=responses(401, 403, 404, 409),
 )
-async def retry_recording(stream_id: StreamIdPath, principal: Caller, recordings: Recordings) -> RetryStarted:
+async def retry_recording(
+    stream_id: StreamIdPath, principal: Caller, request: Request[Any, Any, Any]
+) -> RetryStarted:
     """Process a failed recording again (owner or admin)."""
-    return await recordings.retry(_checked(stream_id), principal)
+    return await provide_recordings(request).retry(_checked(stream_id), principal)
 
 
 def vod_router() -> Router:
