@@ -242,17 +242,17 @@ def test_sigterm_with_websocket_clients_connected_exits_cleanly(
     srv = server_factory(LIVE_ENV)
     token = srv.user_token("rtsigterm")
     create_and_start(srv, token)
-    clients = [open_ws(srv, token) for _ in range(3)]
-    for ws in clients:
-        assert recv(ws)["type"] == "welcome"
-    # Well within server.shutdown_timeout_seconds (15 s): the sockets do not hold the exit up.
-    assert srv.stop(timeout=10) == 0, srv.logs()[-3000:]
-    for ws in clients:
-        # 1012 "service restart" from uvicorn; messages sent before it (the stream's "stopped")
-        # may come first.
-        code, _ = close_code(ws, timeout=5)
-        assert code in (1001, 1012)
-        ws.close()
+    with contextlib.ExitStack() as opened:
+        clients = [opened.enter_context(open_ws(srv, token)) for _ in range(3)]
+        for ws in clients:
+            assert recv(ws)["type"] == "welcome"
+        # Well within server.shutdown_timeout_seconds (15 s): the sockets do not hold the exit up.
+        assert srv.stop(timeout=10) == 0, srv.logs()[-3000:]
+        for ws in clients:
+            # 1012 "service restart" from uvicorn; messages sent before it (the stream's "stopped")
+            # may come first.
+            code, _ = close_code(ws, timeout=5)
+            assert code in (1001, 1012)
     assert "Traceback" not in srv.logs()
 
 
