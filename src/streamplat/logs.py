@@ -88,6 +88,11 @@ class JSONFormatter(logging.Formatter):
 
 def configure(level: str = "info", fmt: str = "text") -> None:
     """Send every log line to stderr in the chosen format."""
+    # Nothing we print uses the process id, process or thread names; LogRecord would otherwise
+    # look them up (a getpid() system call) for every line.
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.logThreads = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_ContextFilter())
