@@ -5,12 +5,17 @@ commit that changed the row, before the change's response is sent. Changes made 
 process on the same database (a CLI command, an operator's SQL, later another node) cannot be
 seen that way; entries therefore also expire after `ttl_seconds`, which bounds how long such a
 change takes to apply. A miss is never cached: an unknown key is looked up every time.
+
+`get_or_load` also coalesces lookups: when an entry expires under load, the requests that miss
+it together share one database read instead of each making its own (with 64 connections on one
+stream that stampede was the API's p99).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -32,6 +37,7 @@ class ReadCache(Generic[K, V]):
         # Bumped by every invalidation. A lookup that started before a change must not store what
         # it read (it may be the old row): `put` compares the generation it was given.
         self._generation = 0
+        self._loading: dict[K, asyncio.Future[V | None]] = {}
 
     @property
     def generation(self) -> int:
@@ -61,3 +67,31 @@ class ReadCache(Generic[K, V]):
         """Forget one key (its row changed)."""
         self._generation += 1
         self._entries.pop(key, None)
+        # A read under way may return the old row: requests from now on start their own.
+        self._loading.pop(key, None)
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cached value, else what `load` returns (None: nothing to cache), read once for all
+        callers that miss `key` at the same time. `load`'s exception reaches every one of them."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(key, load))
+            # Retrieved even if every caller went away, so a failure is not reported as unretrieved.
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._loading[key] = pending
+        # Shielded: a caller that goes away (client disconnected) must not cancel the others' read.
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        generation = self._generation
+        try:
+            value = await load()
+        finally:
+            if self._loading.get(key) is asyncio.current_task():
+                del self._loading[key]
+        if value is not None:
+            self.put(key, value, generation)
+        return value

@@ -212,17 +212,17 @@ class AuthService:
             raise Unauthorized(BAD_TOKEN) from None
         # Role changes take effect at once: the database, not the token, is the truth. The cache
         # holds the database's answer for a moment and is emptied on every change (principals.py).
-        cached = self.principals.get(claims.user_id)
-        if cached is not None:
-            return cached
-        generation = self.principals.generation
-        async with self._sessions() as session:
-            user = await session.get(User, claims.user_id)
-        if user is None or not user.is_active:
+        principal = await self.principals.get_or_load(claims.user_id, lambda: self._active(claims.user_id))
+        if principal is None:
             raise Unauthorized(BAD_TOKEN)
-        principal = Principal(id=user.id, username=user.username, role=user.role)
-        self.principals.put(principal.id, principal, generation)
         return principal
+
+    async def _active(self, user_id: int) -> Principal | None:
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+        if user is None or not user.is_active:
+            return None
+        return Principal(id=user.id, username=user.username, role=user.role)
 
     # --- user management (admin) ------------------------------------------------------------
 

@@ -315,13 +315,13 @@ class StreamService:
 
         The cached Stream is detached and never written to: every change loads its own row.
         """
-        cached = self._rows.get(stream_id)
-        if cached is not None:
-            return cached
-        generation = self._rows.generation
-        async with self._sessions() as session:
-            row = await self._get(session, stream_id)
-        self._rows.put(stream_id, row, generation)
+
+        async def load() -> tuple[Stream, str]:
+            async with self._sessions() as session:
+                return await self._get(session, stream_id)
+
+        row = await self._rows.get_or_load(stream_id, load)
+        assert row is not None  # load() returns a row or raises NotFound
         return row
 
     async def _get(self, session: AsyncSession, stream_id: str) -> tuple[Stream, str]:
