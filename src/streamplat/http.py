@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -29,6 +30,18 @@ UNMATCHED_ROUTE = "unmatched"
 
 RequestObserver = Callable[[str, str, str, int, float], None]
 """Called once per answered HTTP request: (service, route template, method, status, seconds)."""
+
+
+# Request ids: 32 hex digits like uuid4().hex, unique across restarts (a random half chosen at
+# start) and within the process (a counter), with no system call per request (py-spy put 7 % of
+# a /health request on os.urandom's getrandom() here).
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """A new request id."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 class RequestContext:
@@ -57,8 +70,7 @@ class RequestContext:
         incoming = dict(raw["headers"]).get(b"x-request-id", b"").decode("latin-1")
         # Accept a caller's id only if it is short and plain, so it cannot forge log lines.
         plain = 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum()
-        # 32 random hex digits like uuid4().hex, without building a UUID (0.3 µs instead of 1.5).
-        request_id = incoming if plain else os.urandom(16).hex()
+        request_id = incoming if plain else next_request_id()
         raw.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()

@@ -58,8 +58,18 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
 class TextFormatter(logging.Formatter):
     """`time level logger message key=value ...`"""
 
+    _second: tuple[int, str] = (-1, "")
+
+    def _when(self, created: float) -> str:
+        # The date and time down to the second are formatted once per second, not once per line.
+        second = int(created)
+        if second != self._second[0]:
+            stamp = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, stamp)
+        return f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        when = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        when = self._when(record.created)
         line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         extras = " ".join(f"{k}={v}" for k, v in _extras(record).items() if f"{k}=" not in line)
         if extras:
