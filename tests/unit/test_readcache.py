@@ -16,10 +16,12 @@ class Rows:
         self.value = "v1"
         self.reads = 0
         self.gate = asyncio.Event()
+        self.looked = asyncio.Event()  # set once a read has taken the row's value
 
     async def load(self) -> str:
         self.reads += 1
         seen = self.value
+        self.looked.set()
         await self.gate.wait()
         return seen
 
@@ -39,13 +41,12 @@ async def test_a_change_during_a_read_is_seen_by_every_later_caller() -> None:
     cache: ReadCache[str, str] = ReadCache(60)
     rows = Rows()
     early = asyncio.create_task(cache.get_or_load("k", rows.load))
-    while rows.reads == 0:  # the first read has looked at the row
-        await asyncio.sleep(0)
+    await rows.looked.wait()  # the first read has taken the old value
+    rows.looked.clear()
     rows.value = "v2"  # committed while the first read is under way ...
     cache.invalidate("k")  # ... and announced
     late = asyncio.create_task(cache.get_or_load("k", rows.load))
-    while rows.reads == 1:
-        await asyncio.sleep(0)
+    await rows.looked.wait()
     rows.gate.set()
     assert await early == "v1"  # it asked before the change
     assert await late == "v2"  # it asked after: a read of its own, not the one under way
