@@ -140,6 +140,7 @@ class Platform:
                     max_restarts=i.max_restarts,
                     stop_timeout_seconds=i.stop_timeout_seconds,
                     srt_latency_ms=i.srt_latency_ms,
+                    private_dir=s.data_path / "run" / "ingest",
                 ),
                 self.bus,
             )

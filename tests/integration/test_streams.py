@@ -441,6 +441,10 @@ def test_sigkill_leaves_no_ffmpeg_and_restart_reconciles(
     wait_for(lambda: status_of(srv, token, active) == "active", 15, message="active")
     wait_for(lambda: len(segments_in(playlist(srv, active))) >= 2, 15, message="segments")
     assert ffmpeg_children_listening(w["port"]) and ffmpeg_children_listening(a["port"])
+    # The listeners' input lists (they hold the stream keys) live in the data directory ...
+    lists = sorted((srv.data_dir / "run" / "ingest").glob("*.ffconcat"))
+    assert len(lists) == 2
+    assert any(w["stream_key"].encode() in f.read_bytes() for f in lists)
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait()
@@ -449,7 +453,9 @@ def test_sigkill_leaves_no_ffmpeg_and_restart_reconciles(
         10,
         message="FFmpeg children to die with the server",
     )
+    assert all(f.exists() for f in lists)  # a SIGKILLed server cannot clean up ...
     srv.start()
+    assert not any(f.exists() for f in lists)  # ... so the next start does
     for sid in (waiting, active):
         detail = srv.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
         assert detail["status"] == "stopped" and "restart" in detail["status_reason"]

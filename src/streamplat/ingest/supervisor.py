@@ -83,6 +83,10 @@ class IngestSettings:
     # SRT read timeout: a publisher silent this long counts as gone (libsrt alone waits 5 s).
     # FFmpeg then needs about 1 s more to exit.
     publisher_timeout_seconds: float = 3.0
+    # Where the listeners' input lists (which hold stream keys) live, mode 0700; emptied at start
+    # and removed at exit, so a SIGKILLed server's lists go at the next start. None: a fresh
+    # temporary directory.
+    private_dir: pathlib.Path | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,13 @@ class _Outcome:
     received_media: bool
     reason: str
     reconnect_window_over: bool = False
+
+
+def _fresh_private_dir(path: pathlib.Path) -> None:
+    """An empty directory only this user can enter (what a killed predecessor left is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True)
+    path.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 class _StreamLog(logging.LoggerAdapter[logging.Logger]):
@@ -223,7 +234,12 @@ class IngestSupervisor:
         if self._tasks is not None:
             raise RuntimeError("IngestSupervisor is already running")
         # Private to this process's user (0700): the listeners' input lists hold stream keys.
-        self._private_dir = pathlib.Path(tempfile.mkdtemp(prefix="streamplat-ingest-"))
+        configured = self._settings.private_dir
+        if configured is None:
+            self._private_dir = pathlib.Path(tempfile.mkdtemp(prefix="streamplat-ingest-"))
+        else:
+            await asyncio.to_thread(_fresh_private_dir, configured)
+            self._private_dir = configured
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._closing = False
