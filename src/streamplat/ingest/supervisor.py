@@ -152,6 +152,27 @@ class _Outcome:
     reconnect_window_over: bool = False
 
 
+_READY_TIMEOUT = 10.0
+"""How long start() waits for a new listener to be spawned and bound before returning anyway."""
+
+
+def udp_port_bound(port: int) -> bool:
+    """True if some socket on this machine is bound to UDP `port` (True where /proc cannot tell)."""
+    wanted = f":{port:04X}"
+    readable = False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        # Each row: "sl local_address rem_address ..." with local_address as HEXIP:HEXPORT.
+        if any(line.split()[1].endswith(wanted) for line in lines if len(line.split()) > 1):
+            return True
+    return not readable
+
+
 def _fresh_private_dir(path: pathlib.Path) -> None:
     """An empty directory only this user can enter (what a killed predecessor left is removed)."""
     shutil.rmtree(path, ignore_errors=True)
@@ -277,7 +298,7 @@ class IngestSupervisor:
         return None
 
     async def start(self, stream_id: str, port: int, passphrase: str, hls_dir: pathlib.Path) -> None:
-        """Start supervising a listener for the stream; returns once its first FFmpeg is spawned.
+        """Start supervising a listener for the stream; returns once its FFmpeg listens on `port`.
 
         An existing playlist in `hls_dir` is continued (same URL, numbering carries on).
         Raises ListenerAlreadyRunning if the stream is still supervised, ValueError for a
@@ -293,10 +314,24 @@ class IngestSupervisor:
         self._streams[stream_id] = stream
         stream.task = self._tasks.create_task(self._supervise(stream), name=f"ingest:{stream_id}")
         spawned = asyncio.ensure_future(stream.first_spawn.wait())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _READY_TIMEOUT
         try:
-            await asyncio.wait({spawned, stream.task}, timeout=10.0, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {spawned, stream.task}, timeout=_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             spawned.cancel()
+        # Then until FFmpeg has bound the SRT port: an encoder that connects the moment it has
+        # the URL (and an SRT caller gives up after ~3 s) must find a listener, even on a busy
+        # machine where FFmpeg takes a while to open it.
+        while stream.process is not None and stream.process.returncode is None and not stream.task.done():
+            if await asyncio.to_thread(udp_port_bound, port):
+                return
+            if loop.time() >= deadline:
+                stream.log.warning("FFmpeg has not bound UDP port %d after %.0f s", port, _READY_TIMEOUT)
+                return
+            await asyncio.sleep(0.02)
 
     async def stop(self, stream_id: str) -> None:
         """Stop the stream's listener gracefully and end its playlist; unknown ids are a no-op.

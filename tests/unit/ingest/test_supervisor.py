@@ -36,6 +36,7 @@ from streamplat.events import (
     PublisherDisconnected,
 )
 from streamplat.ingest import IngestSettings, IngestSupervisor, ListenerAlreadyRunning
+from streamplat.ingest.supervisor import udp_port_bound
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 KEY = "correct-horse-battery"
@@ -327,6 +328,18 @@ async def test_leaving_the_supervisor_stops_ffmpeg_but_keeps_the_playlist_live(
 
 
 @pytest.mark.asyncio
+async def test_start_returns_once_ffmpeg_listens_on_the_port(bus: EventBus, hls_dir: pathlib.Path) -> None:
+    # The URL handed to the encoder works the moment start() returns: an SRT caller that comes
+    # too early is refused and gives up after a few seconds.
+    port = free_udp_port()
+    async with IngestSupervisor(settings(), bus) as supervisor:
+        await supervisor.start("s1", port, KEY, hls_dir)
+        assert udp_port_bound(port)
+        await supervisor.stop("s1")
+    assert not udp_port_bound(port)
+
+
+@pytest.mark.asyncio
 async def test_wrong_passphrase_is_refused_and_the_stream_keeps_waiting(
     bus: EventBus, events: EventLog, hls_dir: pathlib.Path, publish: Publish
 ) -> None:
@@ -483,8 +496,12 @@ async def test_stop_kills_an_ffmpeg_that_ignores_sigint(
     fake = write_fake_ffmpeg(
         tmp_path / "stubborn-ffmpeg",
         f"""
-        import os, signal, time
+        import os, re, signal, socket, sys, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Listen like FFmpeg does, on the port named in the input list's file name.
+        port = int(re.search(r"srt(\\d+)\\.ffconcat", " ".join(sys.argv)).group(1))
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", port))
         with open({str(pid_file)!r}, "w") as f:
             f.write(str(os.getpid()))
         time.sleep(600)
