@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 import msgspec
@@ -119,24 +119,35 @@ def header_block_size(method: bytes, target: bytes, headers: Iterable[tuple[byte
     return size + sum(len(name) + 2 + len(value) + 2 for name, value in headers)
 
 
-class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the header size answered by 431 and a header timeout."""
+class _Guarded(asyncio.Protocol):
+    """What both parsers' protocols share: the limits (set per server by `http_protocol`) and a
+    `_HeaderGuard` that follows the connection from made to lost. Comes before uvicorn's
+    protocol in the bases, so `super()` here is uvicorn's."""
 
     max_header_bytes = 65_536
     header_timeout = 10.0
+    loop: asyncio.AbstractEventLoop  # set by uvicorn's protocol
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = self.limited_conn = _Connection(self.max_header_bytes)
         self.guard = _HeaderGuard(self.loop, self.max_header_bytes, self.header_timeout)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.guard.connection_made(transport)
+        # uvicorn serves TCP only; uvloop's transports are not asyncio.Transport subclasses.
+        self.guard.connection_made(cast("asyncio.Transport", transport))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.connection_lost()
         super().connection_lost(exc)
+
+
+class LimitedH11Protocol(_Guarded, H11Protocol):
+    """uvicorn's h11 protocol with the header size answered by 431 and a header timeout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = self.limited_conn = _Connection(self.max_header_bytes)
 
     def data_received(self, data: bytes) -> None:
         if self.guard.rejected:
@@ -203,7 +214,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
     except ImportError:  # httptools is optional: h11 serves without it
         return None
 
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    class LimitedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
         """uvicorn's httptools protocol with a header size limit (431) and a header timeout.
 
         httptools has no limit and hands over headers only once each is complete, so headers
@@ -211,22 +222,10 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         complete ones by their exact size when httptools reports them.
         """
 
-        max_header_bytes = 65_536
-        header_timeout = 10.0
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.guard = _HeaderGuard(self.loop, self.max_header_bytes, self.header_timeout)
             self.awaiting_headers = True
             self.headers_too_large = False
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self.guard.connection_made(transport)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.guard.connection_lost()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self.guard.rejected:
