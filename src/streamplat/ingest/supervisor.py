@@ -168,8 +168,9 @@ def udp_port_bound(port: int) -> bool:
             continue
         readable = True
         # Each row: "sl local_address rem_address ..." with local_address as HEXIP:HEXPORT.
-        if any(line.split()[1].endswith(wanted) for line in lines if len(line.split()) > 1):
-            return True
+        for fields in map(str.split, lines):
+            if len(fields) > 1 and fields[1].endswith(wanted):
+                return True
     return not readable
 
 
@@ -211,8 +212,8 @@ class _Stream:
         self.bitrate_kbps: float | None = None
         self.fps: float | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        # Set once the first FFmpeg of this stream was spawned (or could not be): start() waits
-        # for it, so the SRT URL it hands out is already being listened on.
+        # Set once the first FFmpeg of this stream was spawned, or its first attempt ended without
+        # one: start() waits for it (then for the port), so the SRT URL it hands out works.
         self.first_spawn = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -411,7 +412,11 @@ class IngestSupervisor:
             if not first:
                 stream.restarts += 1
             first = False
-            outcome = await self._run_listener(stream, reconnect_deadline)
+            try:
+                outcome = await self._run_listener(stream, reconnect_deadline)
+            finally:
+                # However the attempt ended (no spawn at all included), start() stops waiting.
+                stream.first_spawn.set()
             if stream.stop_requested:
                 return None
             if outcome.reconnect_window_over:
@@ -449,7 +454,6 @@ class IngestSupervisor:
             reason = f"cannot prepare the HLS directory {stream.hls_dir}: {exc}"
             stream.last_error = reason
             stream.log.error("%s", reason)
-            stream.first_spawn.set()
             return _Outcome(received_media=False, reason=reason)
         if hls.salvaged:
             stream.log.warning("listed orphaned segments %s in the playlist", hls.salvaged)
@@ -503,7 +507,6 @@ class IngestSupervisor:
             reason = f"could not start FFmpeg ({settings.ffmpeg_binary}): {exc}"
             stream.last_error = reason
             stream.log.error("%s", reason)
-            stream.first_spawn.set()
             return _Outcome(received_media=False, reason=reason)
 
         stream.process = process
