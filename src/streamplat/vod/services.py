@@ -193,8 +193,7 @@ class RecordingService:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
             if rec is None:  # deleted while it was being processed
-                await asyncio.to_thread(shutil.rmtree, out_dir, ignore_errors=True)
-                await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
+                await asyncio.to_thread(_remove_trees, out_dir, media_dir)
                 return
             rec.status = READY
             rec.duration_seconds = result.duration_seconds
@@ -204,7 +203,7 @@ class RecordingService:
             rec.error = None
             await session.commit()
         # The MP4 now holds every segment: the live copy is no longer needed.
-        await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
+        await asyncio.to_thread(_remove_trees, media_dir)
         elapsed = loop.time() - started
         log.info(
             "stream=%s recording ready: %.1f s, %d bytes, packaged in %.2f s",
@@ -330,8 +329,7 @@ class RecordingService:
         job = self._running.get(stream_id)
         if job is not None:
             job.cancel()
-        await asyncio.to_thread(shutil.rmtree, self._vod_root / stream_id, ignore_errors=True)
-        await asyncio.to_thread(shutil.rmtree, media_dir, ignore_errors=True)
+        await asyncio.to_thread(_remove_trees, self._vod_root / stream_id, media_dir)
         log.info(
             "stream=%s recording deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id}
         )
@@ -354,3 +352,9 @@ class RecordingService:
         self._enqueue(stream_id)
         log.info("stream=%s recording retry queued", stream_id, extra={"stream_id": stream_id})
         return RetryStarted(message="Recording processing restarted", stream_id=stream_id, status=PROCESSING)
+
+
+def _remove_trees(*paths: Path) -> None:
+    """Delete folders and everything in them, missing ones included (blocking: run on a thread)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
