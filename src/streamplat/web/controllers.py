@@ -98,22 +98,36 @@ def build_id(root: Path = STATIC_ROOT) -> str:
 
 
 class _CurrentBuild:
-    """build_id(), walked on a thread at most every `max_age` seconds instead of per request.
+    """build_id() and the page that names it, made on a thread at most every `max_age` seconds
+    instead of per request.
 
-    The static tree only changes on an upgrade (or while someone edits it in development), so a
-    second-old id is as good as a fresh one.
+    The static tree (index.html included) only changes on an upgrade, or while someone edits it
+    in development, so a second-old id and page are as good as fresh ones.
     """
 
     def __init__(self, max_age: float = 2.0) -> None:
         self.max_age = max_age
-        self._value: tuple[float, str] | None = None
+        self._value: tuple[float, str, bytes] | None = None  # (made at, build id, index page)
+
+    async def _current(self) -> tuple[float, str, bytes]:
+        if self._value is None or time.monotonic() - self._value[0] >= self.max_age:
+            build, page = await asyncio.to_thread(_read_build)
+            self._value = (time.monotonic(), build, page)
+        return self._value
 
     async def id(self) -> str:
         """The build id, at most `max_age` seconds old."""
-        if self._value is None or time.monotonic() - self._value[0] >= self.max_age:
-            value = await asyncio.to_thread(build_id)
-            self._value = (time.monotonic(), value)
-        return self._value[1]
+        return (await self._current())[1]
+
+    async def page(self) -> bytes:
+        """index.html with its static URLs pointing at the current build."""
+        return (await self._current())[2]
+
+
+def _read_build() -> tuple[str, bytes]:
+    build = build_id()
+    html = (STATIC_ROOT / "index.html").read_text(encoding="utf-8")
+    return build, html.replace(STATIC_PLACEHOLDER, f"/static/{build}").encode()
 
 
 _current_build = _CurrentBuild()
@@ -147,9 +161,7 @@ def media_type_of(path: Path) -> str:
 
 
 async def _index_page() -> Response[bytes]:
-    html = await asyncio.to_thread((STATIC_ROOT / "index.html").read_text, encoding="utf-8")
-    body = html.replace(STATIC_PLACEHOLDER, f"/static/{await _current_build.id()}").encode()
-    return Response(body, media_type="text/html", headers=PAGE_HEADERS)
+    return Response(await _current_build.page(), media_type="text/html", headers=PAGE_HEADERS)
 
 
 @get(["/", "/login", "/register", "/dashboard", "/library"], include_in_schema=False)
