@@ -67,3 +67,14 @@ def fixture_publishers() -> Iterator[list[Publisher]]:
     yield started
     for p in started:
         p.kill()
+
+
+@pytest.fixture(name="redis_prefix")
+def fixture_redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own on the machine's Redis; its keys are deleted afterwards."""
+    from tests.support.redis import delete_prefix, fresh_prefix, require_redis
+
+    require_redis()
+    prefix = fresh_prefix()
+    yield prefix
+    delete_prefix(prefix)

@@ -27,15 +27,17 @@ from streamplat.auth.passwords import PasswordHashing
 from streamplat.auth.principals import PrincipalCache
 from streamplat.auth.ratelimit import RateLimiter
 from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
+from streamplat.cluster import EventRelay, RedisLink, SharedRateLimiter, SharedViewerTracker
 from streamplat.config import Settings
 from streamplat.db import create_engine, migrate, session_factory
-from streamplat.events import EventBus
+from streamplat.events import EventBus, StreamChanged
 from streamplat.http import build_app
 from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
 from streamplat.metrics import PlatformMetrics, metrics_endpoint
 from streamplat.realtime import RealtimeHub, events_socket
 from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.controllers import main_stream_router, stream_app_router
+from streamplat.streams.viewers import ViewerCounter
 from streamplat.vod import RecordingService
 from streamplat.vod.controllers import vod_router
 from streamplat.web import web_router
@@ -66,11 +68,16 @@ class Platform:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus = EventBus()
+        # Events raised by other processes (through Redis, [redis] url): only the WebSocket hub and
+        # the read caches listen here, so durable work stays with the process that raised them.
+        self.remote_bus = EventBus()
         self.metrics = PlatformMetrics(self.free_disk_bytes, settings.storage.min_free_bytes)
-        self.rate_limiters = {
+        self.rate_limiters: dict[str, RateLimiter | SharedRateLimiter] = {
             "login": RateLimiter(settings.rate_limit.login_per_minute, 60.0),
             "register": RateLimiter(settings.rate_limit.register_per_minute, 60.0),
         }
+        self.redis: RedisLink | None = None
+        self.relay: EventRelay | None = None
         self._stack = contextlib.AsyncExitStack()
         # Resolved once: Settings.data_path resolves symlinks on every call.
         self._writable_dirs = (settings.data_path, settings.hls_path, settings.recordings_path)
@@ -105,8 +112,11 @@ class Platform:
         passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)
         self._stack.callback(passwords.close)
         principals = PrincipalCache(s.auth.principal_cache_seconds)
-        principals.attach(self.bus)
-        self._stack.callback(principals.detach, self.bus)
+        for bus in (self.bus, self.remote_bus):
+            principals.attach(bus)
+            self._stack.callback(principals.detach, bus)
+        if s.redis.url:
+            await self._start_redis()
         self.auth = AuthService(
             self.sessions,
             passwords,
@@ -125,6 +135,7 @@ class Platform:
                 queue_size=s.websocket.queue_size,
                 auth_timeout_seconds=s.websocket.auth_timeout_seconds,
                 observer=self.metrics,
+                remote=self.remote_bus,
             )
         )
         ffmpeg = s.ffmpeg_binary()
@@ -160,13 +171,18 @@ class Platform:
         # Viewers count while they fetched within the last three segments (at least 6 s), so
         # a player between two segment fetches still counts.
         window = max(6.0, 3 * i.segment_seconds)
+        viewers: ViewerCounter = ViewerTracker(window)
+        if self.redis is not None:
+            viewers = await self._stack.enter_async_context(
+                SharedViewerTracker(self.redis, window, s.redis.viewer_flush_seconds)
+            )
         self.streams = await self._stack.enter_async_context(
             StreamService(
                 self.sessions,
                 self.bus,
                 self.supervisor,
                 PortPool(i.port_min, i.port_max),
-                ViewerTracker(window),
+                viewers,
                 s.hls_path,
                 s.server.public_host,
                 lambda hls_dir: finalise_playlist(hls_dir, i.segment_seconds),
@@ -175,12 +191,35 @@ class Platform:
                 read_cache_seconds=s.server.read_cache_seconds,
             )
         )
+        self.remote_bus.subscribe(StreamChanged, self._on_remote_stream_changed)
+        self._stack.callback(self.remote_bus.unsubscribe, StreamChanged, self._on_remote_stream_changed)
         log.info(
-            "platform started data_dir=%s database=%s ffmpeg=%s",
+            "platform started data_dir=%s database=%s ffmpeg=%s redis=%s",
             s.data_path,
             _safe_url(s.database_url),
             ffmpeg,
+            self.redis.safe_url if self.redis is not None else "off",
         )
+
+    async def _start_redis(self) -> None:
+        """Share events, rate limits and viewer counts through Redis; a Redis that is down at
+        start leaves the process working single-node until it answers (streamplat.cluster)."""
+        r = self.settings.redis
+        link = RedisLink(
+            r.url,
+            r.key_prefix,
+            connect_timeout_seconds=r.connect_timeout_seconds,
+            command_timeout_seconds=r.command_timeout_seconds,
+        )
+        self._stack.push_async_callback(link.close)
+        self.redis = link
+        self.relay = await self._stack.enter_async_context(EventRelay(link, self.bus, self.remote_bus))
+        for name, limiter in list(self.rate_limiters.items()):
+            assert isinstance(limiter, RateLimiter)
+            self.rate_limiters[name] = SharedRateLimiter(link, name, limiter)
+
+    def _on_remote_stream_changed(self, event: StreamChanged) -> None:
+        self.streams.forget_row(event.stream_id)
 
     async def health(self) -> tuple[str | None, str | None]:
         """(problem, warning) as /health reports them, probed at most every HEALTH_CACHE_SECONDS.

@@ -153,6 +153,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     data = msgspec.to_builtins(settings)
     if data.get("auth", {}).get("jwt_secret"):
         data["auth"]["jwt_secret"] = "***"
+    if data.get("redis", {}).get("url"):
+        from streamplat.cluster import mask_url
+
+        data["redis"]["url"] = mask_url(data["redis"]["url"])
     print(msgspec.json.format(msgspec.json.encode(data)).decode())
     return 0
 

@@ -99,6 +99,17 @@ class WebsocketSettings(_Section):
     auth_timeout_seconds: float = 5.0
 
 
+class RedisSettings(_Section):
+    # Empty: one process, nothing shared (the default). "redis://[:password@]host:6379/0",
+    # "rediss://..." (TLS) or "unix:///path/redis.sock": /ws events, login/register rate limits
+    # and viewer counts are shared by every process configured with the same URL and prefix.
+    url: str = ""
+    key_prefix: str = "streamplat:"  # every key and channel starts with this
+    connect_timeout_seconds: float = 1.0
+    command_timeout_seconds: float = 1.0
+    viewer_flush_seconds: float = 1.0  # how often HLS fetches are counted into Redis
+
+
 class MetricsSettings(_Section):
     # Empty: /metrics answers clients on this machine only (loopback). Set: it answers anyone
     # sending `Authorization: Bearer <token>`, and no one else.
@@ -119,6 +130,7 @@ class Settings(_Section):
     ingest: IngestSettingsSection = msgspec.field(default_factory=IngestSettingsSection)
     vod: VodSettings = msgspec.field(default_factory=VodSettings)
     websocket: WebsocketSettings = msgspec.field(default_factory=WebsocketSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
@@ -268,6 +280,19 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("websocket.queue_size: must be between 1 and 100000")
     if not 0 < w.auth_timeout_seconds <= 300:
         raise ConfigError("websocket.auth_timeout_seconds: must be more than 0 and at most 300")
+    rd = settings.redis
+    if rd.url and not rd.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: must start with redis://, rediss:// or unix:// (or be empty: off)")
+    if not 1 <= len(rd.key_prefix) <= 100 or any(c.isspace() for c in rd.key_prefix):
+        raise ConfigError("redis.key_prefix: must be 1 to 100 characters without spaces")
+    for key, seconds in (
+        ("connect_timeout_seconds", rd.connect_timeout_seconds),
+        ("command_timeout_seconds", rd.command_timeout_seconds),
+    ):
+        if not 0 < seconds <= 60:
+            raise ConfigError(f"redis.{key}: must be more than 0 and at most 60")
+    if not 0.1 <= rd.viewer_flush_seconds <= 10:
+        raise ConfigError("redis.viewer_flush_seconds: must be between 0.1 and 10")
 
 
 def load(

@@ -106,6 +106,14 @@ class StreamStatusChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StreamChanged(Event):
+    """Something in a stream's row changed (published after the commit; for other processes'
+    read caches, through Redis: this process's own cache forgets the row in the commit itself)."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ViewerCountChanged(Event):
     """The number of distinct HLS viewers of a live stream changed."""
 

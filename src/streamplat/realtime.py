@@ -214,8 +214,11 @@ class RealtimeHub:
         auth_timeout_seconds: float = 5.0,
         revalidate_seconds: float = REVALIDATE_SECONDS,
         observer: HubObserver | None = None,
+        remote: EventBus | None = None,
     ) -> None:
+        """`remote`: events raised by other processes (streamplat.cluster), forwarded like local ones."""
         self._bus = bus
+        self._buses = [bus] if remote is None else [bus, remote]
         self._auth = auth
         self._queue_size = queue_size
         self._auth_timeout = auth_timeout_seconds
@@ -235,10 +238,11 @@ class RealtimeHub:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> RealtimeHub:
-        self._bus.subscribe(StreamStatusChanged, self._on_status)
-        self._bus.subscribe(ViewerCountChanged, self._on_viewers)
-        self._bus.subscribe(RecordingReady, self._on_recording_ready)
-        self._bus.subscribe(RecordingFailed, self._on_recording_failed)
+        for bus in self._buses:
+            bus.subscribe(StreamStatusChanged, self._on_status)
+            bus.subscribe(ViewerCountChanged, self._on_viewers)
+            bus.subscribe(RecordingReady, self._on_recording_ready)
+            bus.subscribe(RecordingFailed, self._on_recording_failed)
         return self
 
     async def __aexit__(
@@ -247,10 +251,11 @@ class RealtimeHub:
         # Normally uvicorn has closed every socket (1012) before the platform stops; this covers
         # connections still open (an embedding without uvicorn's shutdown, a stalled client).
         self._closing = True
-        self._bus.unsubscribe(StreamStatusChanged, self._on_status)
-        self._bus.unsubscribe(ViewerCountChanged, self._on_viewers)
-        self._bus.unsubscribe(RecordingReady, self._on_recording_ready)
-        self._bus.unsubscribe(RecordingFailed, self._on_recording_failed)
+        for bus in self._buses:
+            bus.unsubscribe(StreamStatusChanged, self._on_status)
+            bus.unsubscribe(ViewerCountChanged, self._on_viewers)
+            bus.unsubscribe(RecordingReady, self._on_recording_ready)
+            bus.unsubscribe(RecordingFailed, self._on_recording_failed)
         for client in list(self._clients):
             client.kick(CLOSE_GOING_AWAY, "server shutting down")
         # Bounded: each connection gives up on a close frame after CLOSE_TIMEOUT_SECONDS.

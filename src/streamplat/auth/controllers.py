@@ -35,10 +35,10 @@ def _auth(request: Request[Any, Any, Any]) -> AuthService:
     return service
 
 
-def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
+async def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
     limiter = request.app.state.platform.rate_limiters[limiter_name]
     key = request.client.host if request.client else "unknown"
-    wait = limiter.hit(key)
+    wait = await limiter.acquire(key)
     if wait is not None:
         seconds = max(1, int(wait + 0.999))
         raise RateLimited(f"Too many requests; try again in {seconds} s", retry_after=seconds)
@@ -53,7 +53,7 @@ def _rate_limit(request: Request[Any, Any, Any], limiter_name: str) -> None:
 )
 async def register(request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> RegisterOut:
     """Register a user (role viewer by default; admin only with an admin's token)."""
-    _rate_limit(request, "register")
+    await _rate_limit(request, "register")
     actor = await optional_principal(request)
     user = await _auth(request).register(data, actor)
     return RegisterOut(message="User registered successfully", user=user)
@@ -68,7 +68,7 @@ async def register(request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) 
 )
 async def login(request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> TokenPair:
     """Log in with email and password; returns an access token and a refresh token."""
-    _rate_limit(request, "login")
+    await _rate_limit(request, "login")
     return await _auth(request).login(data.email, data.password)
 
 

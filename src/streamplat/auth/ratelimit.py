@@ -52,6 +52,10 @@ class RateLimiter:
         hits.append(now)
         return None
 
+    async def acquire(self, key: str) -> float | None:
+        """`hit`, with the interface of the shared (Redis) limiter in streamplat.cluster."""
+        return self.hit(key)
+
     def _sweep(self, horizon: float) -> None:
         """Drop every key whose requests all fell out of the window."""
         for key in [key for key, hits in self._hits.items() if not hits or hits[-1] <= horizon]:

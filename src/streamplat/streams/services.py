@@ -37,6 +37,7 @@ from streamplat.events import (
     IngestGaveUp,
     PublisherConnected,
     PublisherDisconnected,
+    StreamChanged,
     StreamEnded,
     StreamStatusChanged,
     ViewerCountChanged,
@@ -56,7 +57,7 @@ from streamplat.streams.schemas import (
     StreamStopped,
     StreamSummary,
 )
-from streamplat.streams.viewers import ViewerTracker
+from streamplat.streams.viewers import ViewerCounter
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class StreamService:
         bus: EventBus,
         ingest: Ingest,
         ports: PortPool,
-        viewers: ViewerTracker,
+        viewers: ViewerCounter,
         hls_root: Path,
         public_host: str,
         finalise_playlist: PlaylistFinaliser,
@@ -309,6 +310,11 @@ class StreamService:
             await session.commit()
         finally:
             self._rows.invalidate(stream_id)
+            await self._bus.publish(StreamChanged(stream_id))
+
+    def forget_row(self, stream_id: str) -> None:
+        """Drop the stream's cached row (another process changed it; see streamplat.cluster)."""
+        self._rows.invalidate(stream_id)
 
     async def _read(self, stream_id: str) -> tuple[Stream, str]:
         """The stream's row and owner's name for reading, from the cache when it is fresh.

@@ -10,8 +10,18 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["ViewerTracker", "viewer_key"]
+__all__ = ["ViewerCounter", "ViewerTracker", "viewer_key"]
+
+
+class ViewerCounter(Protocol):
+    """What StreamService needs: ViewerTracker here, SharedViewerTracker (Redis) in streamplat.cluster."""
+
+    def touch(self, stream_id: str, client_key: str) -> None: ...
+    def count(self, stream_id: str) -> int: ...
+    def counts(self) -> dict[str, int]: ...
+    def forget(self, stream_id: str) -> None: ...
 
 
 class ViewerTracker:
