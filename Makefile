@@ -47,6 +47,7 @@ bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/ingest_latency.py
 	$(BIN)/python bench/vod_packaging.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/ws_redis.py
 
 clean: ## remove the virtualenv and caches (not your data directory)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

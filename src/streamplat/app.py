@@ -27,7 +27,7 @@ from streamplat.auth.passwords import PasswordHashing
 from streamplat.auth.principals import PrincipalCache
 from streamplat.auth.ratelimit import RateLimiter
 from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
-from streamplat.cluster import EventRelay, RedisLink, SharedRateLimiter, SharedViewerTracker
+from streamplat.cluster import EventRelay, RedisCollector, RedisLink, SharedRateLimiter, SharedViewerTracker
 from streamplat.config import Settings
 from streamplat.db import create_engine, migrate, session_factory
 from streamplat.events import EventBus, StreamChanged
@@ -214,6 +214,7 @@ class Platform:
         self._stack.push_async_callback(link.close)
         self.redis = link
         self.relay = await self._stack.enter_async_context(EventRelay(link, self.bus, self.remote_bus))
+        self.metrics.registry.register(RedisCollector(link, self.relay))
         for name, limiter in list(self.rate_limiters.items()):
             assert isinstance(limiter, RateLimiter)
             self.rate_limiters[name] = SharedRateLimiter(link, name, limiter)
@@ -263,7 +264,10 @@ class Platform:
 
     def health_warning(self) -> str | None:
         """None when nothing is held back, else why the platform is degraded (it still serves)."""
-        return self.storage_problem()
+        problem = self.storage_problem()
+        if problem is None and self.redis is not None and not self.redis.up:
+            problem = f"redis unreachable at {self.redis.safe_url}: working single-node"
+        return problem
 
     def free_disk_bytes(self) -> int | None:
         """Free bytes on the data directory's file system (None if it cannot be read)."""

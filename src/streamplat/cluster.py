@@ -28,12 +28,13 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from streamplat.auth.ratelimit import RateLimiter
 from streamplat.events import (
@@ -183,15 +184,15 @@ class EventRelay:
     async def __aenter__(self) -> EventRelay:
         for cls in RELAYED.values():
             self._local.subscribe(cls, self._on_local)
-        self._subscribed = asyncio.Event()
+        self._first_try = asyncio.Event()  # set once the listener subscribed or failed to
         self._tasks = [
             asyncio.create_task(self._listen(), name="redis-listen"),
             asyncio.create_task(self._send(), name="redis-send"),
         ]
         # Started connected when Redis is there, so the first events are not missed; a Redis that
-        # does not answer within the connect timeout leaves the process working single-node.
+        # refuses or does not answer within the connect timeout leaves the process single-node.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), self._link.connect_timeout * 2 + 1)
+            await asyncio.wait_for(self._first_try.wait(), self._link.connect_timeout * 2 + 1)
         if not self._link.up:
             self._link.failed(ConnectionError("no answer at start"))
         return self
@@ -251,7 +252,7 @@ class EventRelay:
             try:
                 await pubsub.subscribe(self.channel)
                 self._link.recovered()
-                self._subscribed.set()
+                self._first_try.set()
                 pause = RECONNECT_FIRST_PAUSE
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -269,6 +270,7 @@ class EventRelay:
                 raise
             except Exception as exc:
                 self._link.failed(exc)
+                self._first_try.set()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -488,4 +490,37 @@ class SharedViewerTracker:
                 self._link.failed(exc)
 
 
-__all__ = ["EventRelay", "RedisLink", "SharedRateLimiter", "SharedViewerTracker", "mask_url"]
+class RedisCollector:
+    """Prometheus series of the Redis link (registered on the platform's registry when [redis] is on).
+
+    streamplat_redis_up                                      gauge, 1 while Redis answers
+    streamplat_redis_events_total{outcome="sent"|"received"|"dropped"}   counter
+    """
+
+    def __init__(self, link: RedisLink, relay: EventRelay) -> None:
+        self._link = link
+        self._relay = relay
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "streamplat_redis_up", "1 while Redis answers ([redis] url), else 0.", value=int(self._link.up)
+        )
+        events = CounterMetricFamily(
+            "streamplat_redis_events",
+            "Events relayed to or from other processes through Redis, and dropped while it was away.",
+            labels=["outcome"],
+        )
+        r = self._relay
+        for outcome, value in (("sent", r.sent), ("received", r.received), ("dropped", r.dropped)):
+            events.add_metric([outcome], value)
+        yield events
+
+
+__all__ = [
+    "EventRelay",
+    "RedisCollector",
+    "RedisLink",
+    "SharedRateLimiter",
+    "SharedViewerTracker",
+    "mask_url",
+]

@@ -20,6 +20,8 @@ ingest and VOD), so no metric polls the database.
     streamplat_data_dir_min_free_bytes                                gauge, storage.min_free_bytes
     streamplat_websocket_clients                                      gauge
     streamplat_websocket_disconnects_total{reason}                    counter
+    streamplat_redis_up                                               gauge, only with [redis] url
+    streamplat_redis_events_total{outcome="sent"|"received"|"dropped"}   counter, only with [redis] url
     process_*                                                         the server process (CPU, memory, fds)
 
 Per-stream series exist only while the stream is live, so their number is bounded by the

@@ -58,6 +58,9 @@ def test_a_websocket_client_of_one_process_sees_events_raised_in_another(
     # B has no such stream: it only forwarded the events, it did not act on them.
     assert b.main.get(f"/api/streams/{sid}", headers=bearer(token_b)).status_code == 404
     assert "redis reachable at" in b.logs()
+    metrics = b.main.get("/metrics").text
+    assert "streamplat_redis_up 1.0" in metrics
+    assert 'streamplat_redis_events_total{outcome="received"}' in metrics
 
 
 def test_login_rate_limit_is_shared_by_processes(server_factory: Factory, redis_prefix: str) -> None:
@@ -154,7 +157,11 @@ def test_unreachable_redis_leaves_the_server_working_single_node(server_factory:
         STREAMPLAT_RATE_LIMIT__REGISTER_PER_MINUTE="3",
     )
     srv = server_factory(env)
-    assert srv.main.get("/health").status_code == 200
+    health = srv.main.get("/health")
+    assert health.status_code == 200  # it serves: degraded, not unhealthy
+    assert health.json()["status"] == "degraded"
+    reason = f"redis unreachable at redis://:***@127.0.0.1:{port}/0: working single-node"
+    assert health.json()["reason"] == reason
     token = srv.user_token("solo")  # one registration
     with open_ws(srv, token) as ws:
         assert recv(ws)["type"] == "welcome"
@@ -171,3 +178,39 @@ def test_unreachable_redis_leaves_the_server_working_single_node(server_factory:
     assert "hunter2secret" not in logs
     assert f"redis unreachable at redis://:***@127.0.0.1:{port}/0" in logs
     assert logs.count("redis unreachable") == 1  # once, not per request or per retry
+    assert "streamplat_redis_up 0.0" in srv.main.get("/metrics").text
+
+
+def test_events_between_processes_resume_when_redis_returns(server_factory: Factory, tmp_path: Path) -> None:
+    from tests.support.redis import PrivateRedis
+
+    redis = PrivateRedis(tmp_path / "redis").start()  # ours to stop; the machine's Redis stays up
+    try:
+        env = redis_env("streamplat-test-outage:", url=redis.url)
+        a = server_factory(env, name="a")
+        b = server_factory(env, name="b")
+        token_a = a.user_token("outage_a")
+        token_b = b.user_token("outage_b")
+        redis.stop()
+        wait_for(lambda: b.main.get("/health").json()["status"] == "degraded", 30, message="B notices")
+        # Single-node features keep working on both.
+        with open_ws(a, token_a) as on_a:
+            recv(on_a)
+            sid, _ = create_and_start(a, token_a)
+            read_until(on_a, status_message(sid, "waiting"), timeout=20)
+        assert a.main.post(f"/api/streams/{sid}/stop", headers=bearer(token_a)).status_code == 200
+        assert b.auth.get("/auth/validate", headers=bearer(token_b)).status_code == 200
+
+        redis.start()  # same port
+        for srv in (a, b):
+            wait_for(lambda s=srv: s.main.get("/health").json()["status"] == "healthy", 40, message="back")
+        with open_ws(b, token_b) as on_b:
+            recv(on_b)
+            sid2, _ = create_and_start(a, token_a)
+            read_until(on_b, status_message(sid2, "waiting"), timeout=20)
+        assert a.main.post(f"/api/streams/{sid2}/stop", headers=bearer(token_a)).status_code == 200
+        for srv in (a, b):
+            logs = srv.logs()
+            assert logs.count("redis unreachable") == 1 and logs.count("redis reachable") == 2
+    finally:
+        redis.stop()

@@ -72,3 +72,13 @@ def test_beside_a_server_the_schema_is_never_changed(
     with sqlite3.connect(data_dir / "streamplat.db") as db:
         db.execute("UPDATE alembic_version SET version_num = ?", (head,))
     assert admin(data_dir, "boss2", "password123", monkeypatch) == 0  # no server: fine again
+
+
+def test_config_masks_the_redis_password(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMPLAT_REDIS__URL", "redis://:hunter2secret@10.0.0.5:6379/0")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2secret" not in out
+    assert '"url": "redis://:***@10.0.0.5:6379/0"' in out

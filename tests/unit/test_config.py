@@ -45,6 +45,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_AUTH__JWT_SECRET": "short"}, "auth.jwt_secret"),
         ({"STREAMPLAT_INGEST__PORT_MIN": "20000", "STREAMPLAT_INGEST__PORT_MAX": "10000"}, "ingest.port_min"),
         ({"STREAMPLAT_LOGGING__FORMAT": "xml"}, "logging.format"),
+        ({"STREAMPLAT_REDIS__URL": "127.0.0.1:6379"}, "redis.url: must start with redis://"),
+        ({"STREAMPLAT_REDIS__KEY_PREFIX": ""}, "redis.key_prefix"),
+        ({"STREAMPLAT_REDIS__CONNECT_TIMEOUT_SECONDS": "0"}, "redis.connect_timeout_seconds"),
+        ({"STREAMPLAT_REDIS__VIEWER_FLUSH_SECONDS": "0"}, "redis.viewer_flush_seconds"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], needle: str) -> None:
@@ -57,3 +61,7 @@ def test_default_database_lives_in_the_data_dir(tmp_path: Path) -> None:
     s = load(None, environ={"STREAMPLAT_STORAGE__DATA_DIR": str(tmp_path)})
     assert s.database_url == f"sqlite+aiosqlite:///{tmp_path}/streamplat.db"
     assert s.hls_path == tmp_path / "hls"
+
+
+def test_redis_is_off_by_default() -> None:
+    assert load(None, environ={}).redis.url == ""
