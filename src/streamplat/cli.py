@@ -99,6 +99,19 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
         finally:
             passwords.close()
             await engine.dispose()
+    if settings.redis.url and not created:
+        # Servers sharing this Redis drop the user's cached role at once, not after
+        # auth.principal_cache_seconds (a new user is in no cache).
+        from streamplat.cluster import announce
+        from streamplat.events import UserChanged
+
+        problem = await announce(settings.redis.url, settings.redis.key_prefix, [UserChanged(user.id)])
+        if problem is not None:
+            print(
+                f"streamplat: warning: {problem}; running servers apply the change within "
+                f"auth.principal_cache_seconds ({settings.auth.principal_cache_seconds:g} s)",
+                file=sys.stderr,
+            )
     verb = "created" if created else "promoted"
     return f"{verb} admin id={user.id} username={user.username} email={user.email}"
 

@@ -294,6 +294,25 @@ class EventRelay:
         await self._remote.publish(event)
 
 
+async def announce(
+    url: str, key_prefix: str, events: list[Event], *, timeout_seconds: float = 2.0
+) -> str | None:
+    """Send `events` once to the processes sharing this Redis (for commands run beside them, like
+    `streamplat create-admin`); None when sent, else why not. Nothing is retried."""
+    link = RedisLink(
+        url, key_prefix, connect_timeout_seconds=timeout_seconds, command_timeout_seconds=timeout_seconds
+    )
+    try:
+        for event in events:
+            payload = _encode({"node": link.node_id, "type": type(event).__name__, "event": event})
+            await link.client.publish(link.key("events"), payload)
+    except Exception as exc:
+        return f"redis unreachable at {link.safe_url} ({type(exc).__name__}: {exc})"
+    finally:
+        await link.close()
+    return None
+
+
 # --- rate limits ---------------------------------------------------------------------------
 
 # Sliding window log: the allowed requests' times in a sorted set; a refused request is not
@@ -522,5 +541,6 @@ __all__ = [
     "RedisLink",
     "SharedRateLimiter",
     "SharedViewerTracker",
+    "announce",
     "mask_url",
 ]

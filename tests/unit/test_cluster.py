@@ -17,6 +17,7 @@ import pytest
 from tests.support.redis import REDIS_URL, closed_port, private_redis
 
 from streamplat.auth.ratelimit import RateLimiter
+from streamplat.cli import main
 from streamplat.cluster import EventRelay, RedisLink, SharedRateLimiter, SharedViewerTracker, mask_url
 from streamplat.events import (
     EventBus,
@@ -150,6 +151,28 @@ async def test_events_flow_again_when_redis_comes_back(
             assert seen == [StreamChanged("before"), StreamChanged("after")]
     assert caplog.text.count("redis unreachable") == 2  # once per process, not per retry
     assert caplog.text.count("redis reachable") == 4  # at start and on return, per process
+
+
+async def test_create_admin_beside_servers_drops_their_cached_user(
+    redis_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.toml
+    monkeypatch.setenv("STREAMPLAT_ADMIN_PASSWORD", "password123")
+    monkeypatch.setenv("STREAMPLAT_REDIS__URL", REDIS_URL)
+    monkeypatch.setenv("STREAMPLAT_REDIS__KEY_PREFIX", redis_prefix)
+    argv = ["create-admin", "--email", "ops@example.com", "--username", "ops", "--data-dir", str(tmp_path)]
+    async with node(REDIS_URL, redis_prefix) as server:
+        assert await asyncio.to_thread(main, argv) == 0  # created: in no cache, nothing to say
+        assert await asyncio.to_thread(main, argv) == 0  # promoted again: servers must forget it
+        seen = await server.remote_until(lambda e: isinstance(e, UserChanged))
+    assert seen == [UserChanged(1)]
+    # Redis down: the command still succeeds, and says what that means.
+    monkeypatch.setenv("STREAMPLAT_REDIS__URL", f"redis://:pw-secret@127.0.0.1:{closed_port()}/0")
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 0
+    err = capsys.readouterr().err
+    assert "redis unreachable at redis://:***@127.0.0.1" in err and "pw-secret" not in err
+    assert "auth.principal_cache_seconds (2 s)" in err
 
 
 # --- rate limits ------------------------------------------------------------------------------
