@@ -21,6 +21,7 @@ import logging
 import os
 import pathlib
 import re
+import threading
 from dataclasses import dataclass, field
 
 from streamplat.hls.boxes import BoxError, BoxSplitter, parse_moof, parse_moov
@@ -38,7 +39,9 @@ _EXTINF_RE = re.compile(r"#EXTINF:([\d.]+),")
 
 def write_durably(path: pathlib.Path, data: bytes) -> None:
     """Replace `path` with `data`: tmp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Unique per thread: two writers of one index (the stream's writer and a finaliser) never
+    # share a temporary file; the last rename wins, and both write whole files.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
