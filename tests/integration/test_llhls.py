@@ -300,6 +300,11 @@ def test_reconnect_gives_a_discontinuity_a_new_map_and_one_recording(
     waiter.join()
     assert held[0].status_code in (200, 404)
     wait_for(lambda: not live.status()["publisher_connected"], 20, message="publisher gone")
+    # no publisher: a blocking request for the next segment is answered 503 after its hold
+    nxt = live.status()["hls"]["last_msn"] + 1
+    r = live.get(f"stream.m3u8?_HLS_msn={nxt}", timeout=30)
+    assert_error(r, 503)
+    assert r.headers["retry-after"] == "1"
     live.publish()
 
     def second_run() -> str | None:
@@ -320,3 +325,47 @@ def test_reconnect_gives_a_discontinuity_a_new_map_and_one_recording(
     live.stop()
     index = (server.data_dir / "hls" / live.sid / "stream.m3u8").read_text()
     assert index.count("#EXT-X-DISCONTINUITY\n") == 1 and index.rstrip().endswith("#EXT-X-ENDLIST")
+
+
+def test_an_opus_publisher_plays_after_the_aac_filter_fallback(
+    server: ServerProcess, publishers: list[Publisher]
+) -> None:
+    """MPEG-TS AAC needs aac_adtstoasc, which FFmpeg refuses for Opus: the listener retries
+    without it (design §3.2), and the stream plays with its Opus track."""
+    live = Live(server, publishers, "llopus")
+    argv = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+    argv += [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=sample_rate=48000",
+    ]
+    argv += ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30"]
+    argv += ["-c:a", "libopus", "-f", "mpegts", live.srt_url]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def publishing() -> bool:
+        # An SRT caller whose listener went away exits: start another, as OBS would retry.
+        if not procs or procs[-1].poll() is not None:
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        r = live.get("stream.m3u8")
+        return r.status_code == 200 and "seg_" in r.text
+
+    try:
+        wait_for(publishing, 60, interval=0.5, message="a playlist from the Opus publisher")
+        text = live.wait_segments(2)
+        hls = live.status()["hls"]
+        assert "Opus" in hls["codecs"] and hls["codecs"].startswith("avc1."), hls
+        assert live.status()["restarts"] >= 1
+        init = live.get(re.findall(r'#EXT-X-MAP:URI="([^"]+)"', text)[-1])
+        assert b"Opus" in init.content
+        live.stop()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
