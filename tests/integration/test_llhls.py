@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -369,3 +370,39 @@ def test_an_opus_publisher_plays_after_the_aac_filter_fallback(
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+def test_sigkill_mid_stream_keeps_every_complete_segment_playable(
+    server_factory: Callable[..., ServerProcess], publishers: list[Publisher], tmp_path: Path
+) -> None:
+    """A SIGKILLed server loses at most the segment in progress: every segment file on disk is
+    whole, listed in the index after the restart, and init + segments play as one MP4."""
+    srv = server_factory(LIVE_ENV)
+    assert srv.proc is not None
+    live = Live(srv, publishers, "llkill")
+    pub = live.publish()
+    live.wait_segments(4)
+    folder = srv.data_dir / "hls" / live.sid
+    wait_for(lambda: len(list(folder.glob("seg_1_*.m4s"))) >= 4, 20, message="4 segments on disk")
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    pub.kill()
+    on_disk = sorted(folder.glob("seg_1_*.m4s"), key=lambda p: int(p.stem.split("_")[2]))
+    msns = [int(p.stem.split("_")[2]) for p in on_disk]
+    assert msns == list(range(len(msns)))  # contiguous from 0: nothing half-written was renamed
+
+    srv.start()  # crash recovery: the stream is stopped, its index ended and rebuilt from the files
+    index = (folder / "stream.m3u8").read_text()
+    assert index.rstrip().endswith("#EXT-X-ENDLIST")
+    assert [f"seg_1_{n}.m4s" for n in msns] == uris(index)[: len(msns)]
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
+    joined = tmp_path / "joined.mp4"
+    joined.write_bytes((folder / "init_1.mp4").read_bytes() + b"".join(p.read_bytes() for p in on_disk))
+    info = probe(joined)
+    assert info.video == "h264" and info.audio == "aac"
+    expected = sum(float(x) for x in re.findall(r"#EXTINF:([\d.]+),", index))
+    assert info.duration == pytest.approx(expected, abs=0.3)
+    # the stream answers from the files now: final index, a segment, no parts
+    assert live.get("stream.m3u8").text == index
+    assert live.get(f"seg_1_{msns[0]}.m4s").content == on_disk[0].read_bytes()
+    assert live.get("part_1_0.m4s").status_code == 404
