@@ -49,6 +49,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_REDIS__KEY_PREFIX": ""}, "redis.key_prefix"),
         ({"STREAMPLAT_REDIS__CONNECT_TIMEOUT_SECONDS": "0"}, "redis.connect_timeout_seconds"),
         ({"STREAMPLAT_REDIS__VIEWER_FLUSH_SECONDS": "0"}, "redis.viewer_flush_seconds"),
+        ({"STREAMPLAT_INGEST__PART_SECONDS": "0.05"}, "ingest.part_seconds"),
+        ({"STREAMPLAT_INGEST__PART_SECONDS": "1.5"}, "at most segment_seconds"),
+        ({"STREAMPLAT_INGEST__MEMORY_SEGMENTS": "3"}, "ingest.memory_segments"),
+        ({"STREAMPLAT_INGEST__LOW_LATENCY": "maybe"}, "ingest.low_latency"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], needle: str) -> None:
