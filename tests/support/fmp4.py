@@ -9,10 +9,13 @@ is enough for that; it is test code, not the product's parser.
 
 from __future__ import annotations
 
+import io
 import struct
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 # The ingest's fragmented-MP4 flags (design §2.7): init at once, then ~200 ms fragments, and a
 # new fragment at every keyframe so segments can start on one.
@@ -104,33 +107,55 @@ def _starts_with_keyframe(moof: bytes, video_id: int, trex_flags: int) -> bool:
     return False  # an audio-only fragment never starts a segment
 
 
+def _read_top_level(stream: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    """Yield (type, whole box) from a binary stream, one top-level box at a time."""
+    while len(head := stream.read(8)) == 8:
+        size, kind = struct.unpack(">I4s", head)
+        if size == 1:
+            head += stream.read(8)
+            (size,) = struct.unpack_from(">Q", head, 8)
+        body = stream.read(size - len(head)) if size else stream.read()
+        yield kind, head + body
+
+
+def split_fmp4_stream(stream: BinaryIO, media_dir: Path, run: int, first_msn: int) -> list[Path]:
+    """Cut a fragmented MP4 read from `stream` into init_{run}.mp4 and seg_{run}_{msn}.m4s.
+
+    A segment starts at every fragment that opens with a video keyframe. Return the segments.
+    """
+    media_dir.mkdir(parents=True, exist_ok=True)
+    init = b""
+    video_id = trex_flags = 0
+    moof = b""
+    paths: list[Path] = []
+    out: BinaryIO | None = None
+    try:
+        for kind, box in _read_top_level(stream):
+            if kind == b"ftyp":
+                init = box
+            elif kind == b"moov":
+                video_id = _video_track_id(box)
+                trex_flags = _trex_default_flags(box, video_id)
+                (media_dir / f"init_{run}.mp4").write_bytes(init + box)
+            elif kind == b"moof":
+                moof = box
+            elif kind == b"mdat" and moof:
+                if out is None or _starts_with_keyframe(moof, video_id, trex_flags):
+                    if out is not None:
+                        out.close()
+                    paths.append(media_dir / f"seg_{run}_{first_msn + len(paths)}.m4s")
+                    out = paths[-1].open("wb")
+                out.write(moof + box)
+                moof = b""
+    finally:
+        if out is not None:
+            out.close()
+    return paths
+
+
 def split_fmp4(fmp4: bytes, media_dir: Path, run: int, first_msn: int) -> list[Path]:
     """Cut a fragmented MP4 into init_{run}.mp4 and seg_{run}_{msn}.m4s; return the segments."""
-    boxes = iter_boxes(fmp4)
-    init_end = next(end for kind, _, _, end in boxes if kind == b"moov")
-    init = fmp4[:init_end]
-    moov = next(fmp4[start:end] for kind, start, _, end in boxes if kind == b"moov")
-    video_id = _video_track_id(moov)
-    trex_flags = _trex_default_flags(moov, video_id)
-    media_dir.mkdir(parents=True, exist_ok=True)
-    (media_dir / f"init_{run}.mp4").write_bytes(init)
-
-    segments: list[bytearray] = []
-    moof = b""
-    for kind, start, _, end in boxes:
-        if kind == b"moof":
-            moof = fmp4[start:end]
-        elif kind == b"mdat" and moof:
-            if not segments or _starts_with_keyframe(moof, video_id, trex_flags):
-                segments.append(bytearray())
-            segments[-1] += moof + fmp4[start:end]
-            moof = b""
-    paths = []
-    for msn, data in enumerate(segments, start=first_msn):
-        path = media_dir / f"seg_{run}_{msn}.m4s"
-        path.write_bytes(data)
-        paths.append(path)
-    return paths
+    return split_fmp4_stream(io.BytesIO(fmp4), media_dir, run, first_msn)
 
 
 @dataclass(frozen=True)

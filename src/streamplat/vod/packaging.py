@@ -850,28 +850,33 @@ def _segment_valid_bytes(segment: Path) -> int:
     """
     valid = 0
     try:
-        with segment.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            pos = 0
-            while pos + 8 <= size:
-                f.seek(pos)
-                header = f.read(16)
-                box_size, kind = struct.unpack_from(">I4s", header)
-                header_size = 8
-                if box_size == 1:
-                    if len(header) < 16:
-                        break
-                    (box_size,) = struct.unpack_from(">Q", header, 8)
-                    header_size = 16
-                elif box_size == 0:
-                    box_size = size - pos
-                if kind not in _SEGMENT_BOXES or box_size < header_size or pos + box_size > size:
-                    break
-                pos += box_size
-                if kind == b"mdat":
-                    valid = pos
+        fd = os.open(segment, os.O_RDONLY)
     except OSError:
         return 0
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos + 8 <= size:
+            # pread of the header alone: a buffered file would read 8 KiB of mdat per box.
+            header = os.pread(fd, 16, pos)
+            box_size, kind = struct.unpack_from(">I4s", header)
+            header_size = 8
+            if box_size == 1:
+                if len(header) < 16:
+                    break
+                (box_size,) = struct.unpack_from(">Q", header, 8)
+                header_size = 16
+            elif box_size == 0:
+                box_size = size - pos
+            if kind not in _SEGMENT_BOXES or box_size < header_size or pos + box_size > size:
+                break
+            pos += box_size
+            if kind == b"mdat":
+                valid = pos
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
     return valid
 
 
