@@ -28,6 +28,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from streamplat.vod.packaging import list_runs
 from tests.integration.test_auth import assert_error, bearer
 from tests.integration.test_streams import create, playlist, publish, start, status_of
 from tests.integration.test_vod import _good_segments, recording, wait_ready
@@ -43,7 +44,8 @@ SMALL = {"size": "320x180", "fps": 25}
 
 
 def segments_on_disk(server: ServerProcess, sid: str) -> int:
-    return len(list((server.data_dir / "hls" / sid).glob("segment_*.ts")))
+    """Complete segments of a live stream on disk (the LL-HLS layout: seg_{run}_{msn}.m4s)."""
+    return sum(len(run.segments) for run in list_runs(server.data_dir / "hls" / sid))
 
 
 def processes_in(data_dir: Path, exclude: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
