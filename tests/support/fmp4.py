@@ -175,6 +175,7 @@ def make_fmp4_run(
     black_seconds: float = 0.0,
     gop_frames: int = 30,
     extra_video_args: tuple[str, ...] = (),
+    audio: bool = True,
 ) -> FragmentedRun:
     """Write one publisher session of `seconds` (30 fps, one keyframe a second) as init + segments."""
     video = f"testsrc2=size={size}:rate=30"
@@ -184,11 +185,11 @@ def make_fmp4_run(
         [
             ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error",
             "-f", "lavfi", "-i", video,
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            *(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"] if audio else []),
             "-t", str(seconds),
             "-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop_frames), "-pix_fmt", "yuv420p",
             *extra_video_args,
-            "-c:a", "aac",
+            *(["-c:a", "aac"] if audio else []),
             "-f", "mpegts", "pipe:1",
         ],
         check=True,

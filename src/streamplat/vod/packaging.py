@@ -27,7 +27,9 @@ Two on-disk layouts are packaged (`detect_layout`):
   sets in-band from MPEG-TS, so FFmpeg decodes the new resolution (tested; browsers that
   honour in-band SPS should too, not tested). The TS layout has always behaved the same.
   Splitting the recording would change the API (one video per recording), and transcoding
-  would cost minutes of CPU for a rare case.
+  would cost minutes of CPU for a rare case. Not handled, and logged: a changed AAC config
+  (it has no in-band copy), and a track kind the first run lacks (the concat demuxer takes
+  the tracks from its first file; audio added in a later run is not in the MP4).
 - **MPEG-TS** (FFmpeg's HLS muxer before LL-HLS, `segment_NNNNN.ts`): kept for recordings made
   before the switch; described below.
 
@@ -641,6 +643,7 @@ def _fmp4_run_entries(base: Path, log_prefix: str) -> list[tuple[int, list[str]]
     """Return (run, [init URL, segment URLs...]) for every run worth packaging, logging the rest."""
     entries: list[tuple[int, list[str]]] = []
     previous: tuple[int, tuple[bytes, ...]] | None = None
+    first_kinds: set[str] = set()
     for run in list_runs(base):
         if run.init is None:
             log.warning(
@@ -695,9 +698,35 @@ def _fmp4_run_entries(base: Path, log_prefix: str) -> list[tuple[int, list[str]]
                 run.run,
                 previous[0],
             )
+        if entries and (missing := _track_kinds(descriptions) - first_kinds):
+            # The concat demuxer takes its tracks from the first file: a track kind that run
+            # lacks cannot be added later (its codec parameters are unknown when the MP4's
+            # header is written).
+            log.warning(
+                "%srun %d has %s but run %d has none: the MP4 has no such track, so this "
+                "run's %s is not in the recording",
+                log_prefix,
+                run.run,
+                " and ".join(sorted(missing)),
+                entries[0][0],
+                " and ".join(sorted(missing)),
+            )
+        if not entries:
+            first_kinds = _track_kinds(descriptions)
         previous = (run.run, descriptions)
         entries.append((run.run, urls))
     return entries
+
+
+def _track_kinds(descriptions: tuple[bytes, ...]) -> set[str]:
+    """Return {"video", "audio"} as far as the sample descriptions' formats tell."""
+    kinds = set()
+    for description in descriptions:
+        if description[:4] in _VISUAL_FORMATS:
+            kinds.add("video")
+        elif description[:4] in _AUDIO_FORMATS:
+            kinds.add("audio")
+    return kinds
 
 
 def _remove_leftovers(out_dir: Path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.fmp4 import make_fmp4_run
 from tests.unit.vod.conftest import HD_RUN_SECONDS, Fmp4Runs
 from tests.unit.vod.test_packaging import (
     _assert_only_final_files,
@@ -379,3 +380,41 @@ async def test_ts_segments_beside_fmp4_runs_are_logged(
     assert any(
         "6 MPEG-TS segments next to the fMP4 runs are not packaged" in r.getMessage() for r in caplog.records
     )
+
+
+@pytest.mark.asyncio
+async def test_audio_added_after_a_silent_first_run_is_logged_as_lost(
+    ffmpeg: str, tmp_path: Path, out_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A known limit, stated in the log: FFmpeg's concat demuxer takes the tracks from the
+    # first run, so audio that only a later run has cannot be added to the MP4.
+    media_dir = tmp_path / "media"
+    make_fmp4_run(ffmpeg, media_dir, 2, run=1, audio=False)
+    make_fmp4_run(ffmpeg, media_dir, 2, run=2, first_msn=2)
+
+    with caplog.at_level(logging.WARNING, logger="streamplat.vod.packaging"):
+        recording = await package_recording(ffmpeg, media_dir, out_dir)
+
+    assert recording.duration_seconds == pytest.approx(4.0, abs=0.2)  # the video of both runs
+    assert not recording.has_audio
+    lost = "run 2 has audio but run 1 has none: the MP4 has no such track"
+    assert any(lost in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_audio_that_stops_after_the_first_run_keeps_all_video(
+    ffmpeg: str, tmp_path: Path, out_dir: Path
+) -> None:
+    media_dir = tmp_path / "media"
+    make_fmp4_run(ffmpeg, media_dir, 2, run=1)
+    make_fmp4_run(ffmpeg, media_dir, 2, run=2, first_msn=2, audio=False)
+
+    recording = await package_recording(ffmpeg, media_dir, out_dir)
+
+    assert recording.has_audio
+    assert len(_video_timestamps(ffmpeg, recording.video_path)) == 4 * 30
+    decoded = _decode(ffmpeg, recording.video_path)
+    # Only the null muxer's frame-rate rounding may complain (the seam's one longer frame in a
+    # 4 s file makes FFmpeg guess 29.92 fps); no decoder error.
+    assert decoded.returncode == 0
+    assert "[h264" not in decoded.stderr and "[aac" not in decoded.stderr, decoded.stderr
