@@ -7,7 +7,8 @@ Both on-disk layouts are measured: "ts" (FFmpeg's HLS muxer, segment_NNNNN.ts) a
 (the LL-HLS packager's init_1.mp4 + seg_1_{msn}.m4s, one segment per 2 s keyframe interval,
 made from the same clip with the ingest's fragmented-MP4 flags). The reference column is FFmpeg
 alone on the same input: the remux step's argv run by hand on the same list files (no
-probe, no thumbnail, no fsync, no Python); "ratio" is our whole job over it.
+probe, no thumbnail, no fsync, no Python); "ratio" is our whole job over it. Each case runs
+--repeat times (default 3), ours and the reference interleaved; medians are printed.
 
 Media: a 10 s 1280x720 30 fps clip at about 2.5 Mbps (video 2.4 Mbps + AAC 128 kbps, noise
 added so x264 really spends the bits) is encoded once, then looped with `-c copy` into 2 s HLS
@@ -32,6 +33,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -229,6 +231,7 @@ def main() -> None:
     parser.add_argument(
         "--layout", nargs="+", choices=["ts", "fmp4"], default=["ts", "fmp4"], help="on-disk layouts"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; medians are printed")
     parser.add_argument(
         "--case", nargs=2, type=Path, metavar=("MEDIA_DIR", "OUT_DIR"), help=argparse.SUPPRESS
     )
@@ -248,16 +251,20 @@ def main() -> None:
     for layout in args.layout:
         for minutes in sorted(args.minutes):
             out_dir = args.cache / f"out-{layout}-{minutes}min"
-            shutil.rmtree(out_dir, ignore_errors=True)
-            child = subprocess.run(
-                [sys.executable, __file__, "--case", str(dirs[layout][minutes]), str(out_dir)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(child.stdout.splitlines()[-1])
-            shutil.rmtree(out_dir, ignore_errors=True)  # 1 GB per hour; do not keep it around
-            reference = ffmpeg_alone(ffmpeg, dirs[layout][minutes], args.cache / "reference")
+            results, references = [], []
+            for _ in range(args.repeat):  # interleaved, so both see the same load
+                shutil.rmtree(out_dir, ignore_errors=True)
+                child = subprocess.run(
+                    [sys.executable, __file__, "--case", str(dirs[layout][minutes]), str(out_dir)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                results.append(json.loads(child.stdout.splitlines()[-1]))
+                shutil.rmtree(out_dir, ignore_errors=True)  # 1 GB per hour; do not keep it around
+                references.append(ffmpeg_alone(ffmpeg, dirs[layout][minutes], args.cache / "reference"))
+            r = sorted(results, key=lambda x: float(x["elapsed"]))[len(results) // 2]  # the median run
+            reference = statistics.median(references)
             t = r["ffmpeg_seconds"]
             other = r["elapsed"] - sum(t.values())
             goal = 1 + 0.002 * r["duration"]
@@ -272,6 +279,7 @@ def main() -> None:
     print(
         "\nother = Python work (fMP4: box checks of every segment) + fsync of the MP4 + renames;"
         "\nFFmpeg alone = the remux argv on the same input, nothing else; ratio = elapsed / FFmpeg alone;"
+        f"\nmedians of {args.repeat} interleaved runs (a row is the run with the median elapsed time);"
         "\nsource = measured bitrate of the segments"
     )
 
