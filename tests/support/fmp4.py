@@ -159,7 +159,7 @@ def split_fmp4(fmp4: bytes, media_dir: Path, run: int, first_msn: int) -> list[P
 
 
 @dataclass(frozen=True)
-class FragmentedRun:
+class WrittenRun:
     init: Path
     segments: list[Path]
 
@@ -176,7 +176,7 @@ def make_fmp4_run(
     gop_frames: int = 30,
     extra_video_args: tuple[str, ...] = (),
     audio: bool = True,
-) -> FragmentedRun:
+) -> WrittenRun:
     """Write one publisher session of `seconds` (30 fps, one keyframe a second) as init + segments."""
     video = f"testsrc2=size={size}:rate=30"
     if black_seconds:
@@ -208,4 +208,4 @@ def make_fmp4_run(
         capture_output=True,
     )  # fmt: skip
     segments = split_fmp4(remux.stdout, media_dir, run, first_msn)
-    return FragmentedRun(media_dir / f"init_{run}.mp4", segments)
+    return WrittenRun(media_dir / f"init_{run}.mp4", segments)
