@@ -101,6 +101,17 @@ _MAX_INIT_BYTES = 4 * 1024 * 1024
 # means the file is not a segment.
 _SEGMENT_BOXES = frozenset({b"styp", b"sidx", b"ssix", b"prft", b"emsg", b"moof", b"mdat", b"free", b"skip"})
 _CONTAINER_PATH_TO_STSD = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd")
+_MAX_MOOF_BYTES = 1024 * 1024  # FFmpeg's are ~0.1-1 KB; a bigger one is only partly counted
+# The MP4's moov goes into space kept free before the media (-moov_size), which saves
+# +faststart's second pass over the whole file (it shifts the media to put the moov first):
+# on 10 min of 2.6 Mbps fMP4 the remux + fsync took 1.55 s instead of 1.88 s (medians of 4,
+# interleaved). The moov needs ~13 bytes per sample here (stsz 4, ctts 8 with B-frames, a
+# share of stts/stss/stco); 24 covers variable frame rates too (stts 8 more per sample). The
+# unused rest stays in the file as a `free` box (~0.3 % of the size). If it still does not
+# fit, FFmpeg says so and the remux is rerun with +faststart.
+_MOOV_RESERVE_BASE = 64 * 1024
+_MOOV_RESERVE_PER_SAMPLE = 24
+_MOOV_TOO_SMALL = "reserved_moov_size is too small"
 _DURATION = re.compile(r"^\s*Duration:\s*(?:(\d+):(\d{2}):(\d{2}(?:\.\d+)?)|N/A)")
 _STREAM = re.compile(r"^\s*Stream #\d+:\d+\S*: (Video|Audio): ([^\s,]+)(.*)$")
 # The frame size is a field of its own ("..., 640x360 [SAR 1:1 DAR 16:9], ..."); anchoring on
@@ -299,12 +310,16 @@ def build_remux_argv(ffmpeg: str, concat_list: Path, out: Path) -> list[str]:
     ]
 
 
-def build_runs_remux_argv(ffmpeg: str, runs_list: Path, out: Path) -> list[str]:
+def build_runs_remux_argv(
+    ffmpeg: str, runs_list: Path, out: Path, moov_reserve: int | None = None
+) -> list[str]:
     """Build the argv that joins the fMP4 runs named in `runs_list` into an MP4 at `out`.
 
     `runs_list` is an ffconcat file with one `concatf:` list per run (its init, then its
-    segments, as `file:` or `subfile:` URLs).
+    segments, as `file:` or `subfile:` URLs). With `moov_reserve` (bytes), the moov is written
+    into that much space kept free before the media, instead of `+faststart`'s second pass.
     """
+    moov = ["-moov_size", str(moov_reserve)] if moov_reserve else ["-movflags", "+faststart"]
     return [
         ffmpeg,
         "-hide_banner",
@@ -332,8 +347,8 @@ def build_runs_remux_argv(ffmpeg: str, runs_list: Path, out: Path) -> list[str]:
         "copy",
         "-avoid_negative_ts",
         "make_zero",
-        "-movflags",
-        "+faststart",
+        # moov before mdat, so a browser can seek before it has downloaded the whole file.
+        *moov,
         "-f",
         "mp4",
         "-y",
@@ -503,10 +518,18 @@ async def package_recording(
     try:
         async with asyncio.timeout(timeout_seconds):
             if work.layout == "fmp4":
-                argv = build_runs_remux_argv(ffmpeg, work.concat_list, work.video_tmp)
+                argv = build_runs_remux_argv(ffmpeg, work.concat_list, work.video_tmp, work.moov_reserve)
             else:
                 argv = build_remux_argv(ffmpeg, work.concat_list, work.video_tmp)
             remux = await _run_ffmpeg(argv, what="remux", log_prefix=log_prefix)
+            if work.moov_reserve and remux.returncode != 0 and _MOOV_TOO_SMALL in "\n".join(remux.tail):
+                log.warning(
+                    "%sthe moov did not fit in %d bytes, remuxing with +faststart",
+                    log_prefix,
+                    work.moov_reserve,
+                )
+                argv = build_runs_remux_argv(ffmpeg, work.concat_list, work.video_tmp)
+                remux = await _run_ffmpeg(argv, what="remux", log_prefix=log_prefix)
             if remux.returncode != 0 or _size_or_zero(work.video_tmp) == 0:
                 raise _failure("remux", remux)
             if remux.lines:
@@ -560,6 +583,7 @@ class _Workspace:
     run_count: int
     concat_list: Path  # what FFmpeg's -i names: a concatf list (TS) or an ffconcat (fMP4)
     run_lists: tuple[Path, ...]  # fMP4: one concatf list per run
+    moov_reserve: int | None  # fMP4: bytes kept for the moov before the media
     video_tmp: Path
     thumbnail_tmp: Path
     video_path: Path
@@ -573,8 +597,10 @@ def _prepare(media_dir: Path, out_dir: Path, log_prefix: str = "") -> _Workspace
     # Absolute: concatf resolves relative names against FFmpeg's cwd, not the list's directory.
     base = media_dir.resolve()
     run_entries: list[tuple[int, list[str]]] = []
+    moov_reserve: int | None
     if layout == "fmp4":
-        run_entries = _fmp4_run_entries(base, log_prefix)
+        run_entries, samples = _fmp4_run_entries(base, log_prefix)
+        moov_reserve = _MOOV_RESERVE_BASE + _MOOV_RESERVE_PER_SAMPLE * samples
         segment_count = sum(len(urls) - 1 for _, urls in run_entries)
         if not segment_count:
             found = sum(len(run.segments) for run in list_runs(media_dir))
@@ -595,6 +621,7 @@ def _prepare(media_dir: Path, out_dir: Path, log_prefix: str = "") -> _Workspace
             raise PackagingError("no media")
         run_entries = [(0, [_file_url(base / segment.name) for segment in segments])]
         segment_count = len(segments)
+        moov_reserve = None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out_dir = out_dir.resolve()
@@ -607,6 +634,7 @@ def _prepare(media_dir: Path, out_dir: Path, log_prefix: str = "") -> _Workspace
         concat_list=out_dir
         / (f"{_TEMP_PREFIX}runs.ffconcat" if layout == "fmp4" else f"{_TEMP_PREFIX}segments.txt"),
         run_lists=run_lists if layout == "fmp4" else (),
+        moov_reserve=moov_reserve,
         video_tmp=out_dir / f"{_TEMP_PREFIX}{VIDEO_NAME}",
         thumbnail_tmp=out_dir / f"{_TEMP_PREFIX}{THUMBNAIL_NAME}",
         video_path=out_dir / VIDEO_NAME,
@@ -639,9 +667,11 @@ def _file_url(path: Path) -> str:
     return url
 
 
-def _fmp4_run_entries(base: Path, log_prefix: str) -> list[tuple[int, list[str]]]:
-    """Return (run, [init URL, segment URLs...]) for every run worth packaging, logging the rest."""
+def _fmp4_run_entries(base: Path, log_prefix: str) -> tuple[list[tuple[int, list[str]]], int]:
+    """Return (run, [init URL, segment URLs...]) for every run worth packaging, logging the
+    rest, and the number of samples (all tracks) in what is listed."""
     entries: list[tuple[int, list[str]]] = []
+    samples = 0
     previous: tuple[int, tuple[bytes, ...]] | None = None
     first_kinds: set[str] = set()
     for run in list_runs(base):
@@ -666,7 +696,9 @@ def _fmp4_run_entries(base: Path, log_prefix: str) -> list[tuple[int, list[str]]
         urls = [_file_url(run.init)]
         for segment in run.segments:
             size = _size_or_zero(segment)
-            valid = _segment_valid_bytes(segment)
+            valid, segment_samples = _scan_segment(segment)
+            if valid > 0:
+                samples += segment_samples
             if valid == size and size > 0:
                 urls.append(_file_url(segment))
             elif valid > 0:
@@ -715,7 +747,7 @@ def _fmp4_run_entries(base: Path, log_prefix: str) -> list[tuple[int, list[str]]
             first_kinds = _track_kinds(descriptions)
         previous = (run.run, descriptions)
         entries.append((run.run, urls))
-    return entries
+    return entries, samples
 
 
 def _track_kinds(descriptions: tuple[bytes, ...]) -> set[str]:
@@ -871,22 +903,23 @@ def _esds_decoder_specific_info(esds: bytes) -> bytes:
     return object_type
 
 
-def _segment_valid_bytes(segment: Path) -> int:
-    """Return how many leading bytes of a segment are whole boxes, up to its last whole mdat.
+def _scan_segment(segment: Path) -> tuple[int, int]:
+    """Return how many leading bytes of a segment are whole boxes, up to its last whole mdat,
+    and how many samples (all tracks) the moofs in those bytes describe.
 
-    Reads box headers only. A segment written completely gives its size; one cut short gives
-    the end of its last complete fragment; one that does not start like a segment gives 0.
+    Reads box headers and moofs only (pread: a buffered file would read 8 KiB of mdat per
+    box). A segment written completely gives its size; one cut short gives the end of its
+    last complete fragment; one that does not start like a segment gives 0.
     """
-    valid = 0
+    valid = samples = pending = 0
     try:
         fd = os.open(segment, os.O_RDONLY)
     except OSError:
-        return 0
+        return 0, 0
     try:
         size = os.fstat(fd).st_size
         pos = 0
         while pos + 8 <= size:
-            # pread of the header alone: a buffered file would read 8 KiB of mdat per box.
             header = os.pread(fd, 16, pos)
             box_size, kind = struct.unpack_from(">I4s", header)
             header_size = 8
@@ -899,14 +932,33 @@ def _segment_valid_bytes(segment: Path) -> int:
                 box_size = size - pos
             if kind not in _SEGMENT_BOXES or box_size < header_size or pos + box_size > size:
                 break
+            if kind == b"moof":
+                pending += _moof_samples(os.pread(fd, min(box_size, _MAX_MOOF_BYTES), pos))
             pos += box_size
             if kind == b"mdat":
                 valid = pos
+                samples += pending
+                pending = 0
     except OSError:
-        return 0
+        return 0, 0
     finally:
         os.close(fd)
-    return valid
+    return valid, samples
+
+
+def _moof_samples(moof: bytes) -> int:
+    """Return the sum of the trun sample counts of a moof (0 if it cannot be read)."""
+    count = 0
+    try:
+        for kind, payload, end in _iter_boxes(moof, 8, len(moof)):
+            if kind == b"traf":
+                for child, child_payload, _ in _iter_boxes(moof, payload, end):
+                    if child == b"trun":
+                        (n,) = struct.unpack_from(">I", moof, child_payload + 4)  # after version+flags
+                        count += n
+    except (ValueError, struct.error):
+        return 0
+    return count
 
 
 def _commit(work: _Workspace) -> int:

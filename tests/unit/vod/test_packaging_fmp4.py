@@ -22,6 +22,7 @@ from tests.unit.vod.test_packaging import (
     _video_timestamps,
 )
 
+from streamplat.vod import packaging
 from streamplat.vod.packaging import (
     PackagingError,
     build_runs_remux_argv,
@@ -151,6 +152,8 @@ def test_runs_remux_argv_reads_only_local_files_through_the_concat_demuxer() -> 
     assert ("-c", "copy") in pairs and ("-movflags", "+faststart") in pairs
     assert ("-map", "0:v?") in pairs and ("-map", "0:a?") in pairs
     assert argv[-1] == "file:/vod/.video.mp4"
+    reserved = list(itertools.pairwise(build_runs_remux_argv("ffmpeg", Path("/l"), Path("/o"), 70000)))
+    assert ("-moov_size", "70000") in reserved and ("-movflags", "+faststart") not in reserved
 
 
 # --- packaging real fMP4 -----------------------------------------------------------------------
@@ -418,3 +421,39 @@ async def test_audio_that_stops_after_the_first_run_keeps_all_video(
     # 4 s file makes FFmpeg guess 29.92 fps); no decoder error.
     assert decoded.returncode == 0
     assert "[h264" not in decoded.stderr and "[aac" not in decoded.stderr, decoded.stderr
+
+
+@pytest.mark.asyncio
+async def test_the_moov_is_written_into_reserved_space_before_the_media(
+    ffmpeg: str, fmp4_reconnect_dir: Path, out_dir: Path
+) -> None:
+    recording = await package_recording(ffmpeg, fmp4_reconnect_dir, out_dir)
+
+    # No second pass: the moov sits in the space kept for it, the rest of which is a free box.
+    boxes = _top_level_boxes(recording.video_path)
+    assert boxes[:3] == ["ftyp", "moov", "free"] and boxes[-1] == "mdat", boxes
+    assert recording.duration_seconds == pytest.approx(10.0, abs=0.2)
+
+
+@pytest.mark.asyncio
+async def test_a_moov_too_big_for_its_reserve_falls_back_to_faststart(
+    ffmpeg: str,
+    fmp4_dir: Path,
+    out_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(packaging, "_MOOV_RESERVE_BASE", 1000)
+    monkeypatch.setattr(packaging, "_MOOV_RESERVE_PER_SAMPLE", 0)
+
+    with caplog.at_level(logging.WARNING, logger="streamplat.vod.packaging"):
+        recording = await package_recording(ffmpeg, fmp4_dir, out_dir)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert "the moov did not fit in 1000 bytes, remuxing with +faststart" in messages
+    boxes = _top_level_boxes(recording.video_path)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes
+    assert recording.duration_seconds == pytest.approx(6.0, abs=0.2)
+    decoded = _decode(ffmpeg, recording.video_path)
+    assert (decoded.returncode, decoded.stderr) == (0, "")
+    _assert_only_final_files(out_dir)
