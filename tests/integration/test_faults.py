@@ -28,6 +28,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from streamplat.hls.disk import segment_duration
+from streamplat.vod.packaging import list_runs
 from tests.integration.test_auth import assert_error, bearer
 from tests.integration.test_streams import create, playlist, publish, start, status_of
 from tests.integration.test_vod import _good_segments, recording, wait_ready
@@ -43,7 +45,18 @@ SMALL = {"size": "320x180", "fps": 25}
 
 
 def segments_on_disk(server: ServerProcess, sid: str) -> int:
-    return len(list((server.data_dir / "hls" / sid).glob("segment_*.ts")))
+    """Complete segments of a live stream on disk (the LL-HLS layout: seg_{run}_{msn}.m4s)."""
+    return sum(len(run.segments) for run in list_runs(server.data_dir / "hls" / sid))
+
+
+def seconds_on_disk(hls_dir: Path) -> float:
+    """Media seconds in the complete fMP4 segments of a stream's folder (from their moofs)."""
+    total = 0.0
+    for run in list_runs(hls_dir):
+        assert run.init is not None, run
+        init = run.init.read_bytes()
+        total += sum(segment_duration(init, segment.read_bytes()) for segment in run.segments)
+    return total
 
 
 def processes_in(data_dir: Path, exclude: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
@@ -235,6 +248,9 @@ def test_server_killed_mid_stream_and_mid_packaging_loses_nothing(
     srv.proc.wait()
     pub.kill()
     wait_for(lambda: not processes_in(srv.data_dir), 10, message="the server's children to die with it")
+    # What the killed server left: every complete segment, by its own media timestamps.
+    complete_seconds = seconds_on_disk(srv.data_dir / "hls" / live)
+    assert complete_seconds >= 4 * 0.9
     db = sqlite3.connect(srv.data_dir / "streamplat.db")
     with db:
         db.execute("UPDATE streams SET status = 'stopped', port = NULL WHERE id = ?", (orphan,))
@@ -256,6 +272,9 @@ def test_server_killed_mid_stream_and_mid_packaging_loses_nothing(
     marker.unlink()
     srv.start()
     assert_recorded(srv, token, live, media, tmp_path)
+    # All of it: the recording holds every segment that was complete when the server died.
+    rec = recording(srv, live)
+    assert abs(rec["duration_seconds"] - complete_seconds) <= 0.25, (rec, complete_seconds)
     assert_recorded(srv, token, orphan, 4, tmp_path)
     assert not list((srv.data_dir / "recordings").rglob(".packaging-*"))  # no temp file left
     assert srv.stop() == 0

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from streamplat.vod.packaging import list_runs
 from tests.integration.test_auth import assert_error, bearer, create_admin
 from tests.integration.test_streams import LIVE_ENV, create, publish, start, status_of
+from tests.support.fmp4 import make_fmp4_run
 from tests.support.media import FFMPEG, Publisher, decode_errors, probe, wait_for
 from tests.support.server import ServerProcess, running_server
 
@@ -142,12 +144,17 @@ def test_reconnect_gives_one_recording_of_both_parts(
         wait_for(lambda: status_of(server, token, sid) == "active", 15, message="active")
         pub.wait(30)
         wait_for(lambda: status_of(server, token, sid) == "waiting", 20, message="publisher gone")
+    # Each publisher session is one run with its own init on disk (the fMP4 layout).
+    runs = list_runs(server.data_dir / "hls" / sid)
+    assert [r.run for r in runs] == [1, 2] and all(r.init and r.segments for r in runs), runs
     server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
     rec = wait_ready(server, sid)
     assert abs(rec["duration_seconds"] - 10) <= 1
     mp4 = tmp_path / "both.mp4"
     mp4.write_bytes(server.vod.get(rec["file_path"]).content)
     assert decode_errors(mp4) == ""
+    boxes = top_level_boxes(mp4.read_bytes())
+    assert boxes.count("moov") == 1 and boxes.index("moov") < boxes.index("mdat"), boxes
 
 
 def test_stream_without_media_has_no_recording(server: ServerProcess) -> None:
@@ -206,6 +213,28 @@ def _good_segments(folder: Path) -> None:
         check=True,
         timeout=60,
     )
+
+
+def _damaged_fmp4_runs(folder: Path) -> None:
+    """Two runs as the LL-HLS disk writer leaves them, with the damage a crash or disk can do."""
+    first = make_fmp4_run(FFMPEG, folder, 4, run=1, size="320x240")
+    make_fmp4_run(FFMPEG, folder, 3, run=2, first_msn=len(first.segments), size="320x240")
+    cut = first.segments[-1]
+    os.truncate(cut, cut.stat().st_size // 2)  # cut short: its whole fragments are kept
+    (folder / f"seg_1_{len(first.segments)}.m4s.tmp").write_bytes(b"unfinished")  # never trusted
+    (folder / "seg_3_99.m4s").write_bytes(os.urandom(5000))  # a run without an init
+
+
+def test_damaged_fmp4_folder_is_recorded_from_its_good_parts(server: ServerProcess, tmp_path: Path) -> None:
+    token = server.user_token("recorder5")
+    sid = _fake_session(server, token, _damaged_fmp4_runs)
+    rec = wait_ready(server, sid)
+    assert 6.0 <= rec["duration_seconds"] <= 7.2, rec  # 3.5 s .. 4 s of run 1, then 3 s of run 2
+    mp4 = tmp_path / "damaged.mp4"
+    mp4.write_bytes(server.vod.get(rec["file_path"]).content)
+    info = probe(mp4)
+    assert (info.video, info.audio, info.width, info.height) == ("h264", "aac", 320, 240)
+    assert decode_errors(mp4) == ""
 
 
 def test_corrupt_source_fails_with_reason_and_retry_works(server: ServerProcess) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import imageio_ffmpeg  # type: ignore[import-untyped]
 import pytest
+from tests.support.fmp4 import make_fmp4_run
 
 FIRST_RUN_SECONDS = 6.0
 SECOND_RUN_SECONDS = 4.0
@@ -113,3 +114,44 @@ def fixture_reconnect_media_dir(hls_runs: HlsRuns, tmp_path: Path) -> Path:
 @pytest.fixture(name="out_dir")
 def fixture_out_dir(tmp_path: Path) -> Path:
     return tmp_path / "vod"
+
+
+# --- the fMP4 layout of the LL-HLS packager (init_{run}.mp4 + seg_{run}_{msn}.m4s) -------------
+
+HD_RUN_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Fmp4Runs:
+    first: Path  # init_1.mp4, seg_1_0.m4s .. seg_1_5.m4s: 6 s, black first second
+    second: Path  # init_2.mp4, seg_2_6.m4s .. seg_2_9.m4s: 4 s, a reconnect
+    hd: Path  # init_3.mp4, seg_3_10.m4s .. seg_3_12.m4s: 3 s at 1280x720, new OBS settings
+
+
+@pytest.fixture(name="fmp4_runs", scope="session")
+def fixture_fmp4_runs(ffmpeg: str, tmp_path_factory: pytest.TempPathFactory) -> Fmp4Runs:
+    root = tmp_path_factory.mktemp("fmp4")
+    runs = Fmp4Runs(root / "first", root / "second", root / "hd")
+    first = make_fmp4_run(ffmpeg, runs.first, FIRST_RUN_SECONDS, run=1, black_seconds=BLACK_OPENING_SECONDS)
+    assert len(first.segments) == int(FIRST_RUN_SECONDS)  # one segment per keyframe, 1 s apart
+    second = make_fmp4_run(ffmpeg, runs.second, SECOND_RUN_SECONDS, run=2, first_msn=6)
+    assert len(second.segments) == int(SECOND_RUN_SECONDS)
+    make_fmp4_run(ffmpeg, runs.hd, HD_RUN_SECONDS, run=3, first_msn=10, size="1280x720")
+    return runs
+
+
+@pytest.fixture(name="fmp4_dir")
+def fixture_fmp4_dir(fmp4_runs: Fmp4Runs, tmp_path: Path) -> Path:
+    """A stream's media directory in the fMP4 layout: one 6 s session, black first second."""
+    media_dir = tmp_path / "fmp4"
+    shutil.copytree(fmp4_runs.first, media_dir)
+    return media_dir
+
+
+@pytest.fixture(name="fmp4_reconnect_dir")
+def fixture_fmp4_reconnect_dir(fmp4_runs: Fmp4Runs, tmp_path: Path) -> Path:
+    """The fMP4 layout after a reconnect: run 1 (6 s), then run 2 (4 s) with its own init."""
+    media_dir = tmp_path / "fmp4"
+    shutil.copytree(fmp4_runs.first, media_dir)
+    shutil.copytree(fmp4_runs.second, media_dir, dirs_exist_ok=True)
+    return media_dir
