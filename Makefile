@@ -46,6 +46,7 @@ bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/ingest_latency.py
 	$(BIN)/python bench/vod_packaging.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/llhls.py  # needs: apt-get install chromium nginx-light wrk
 
 clean: ## remove the virtualenv and caches (not your data directory)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
