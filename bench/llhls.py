@@ -291,6 +291,7 @@ class Target:
     t0: float = 0.0  # time.time() right before the publisher was spawned
     starts: dict[int, float] = field(default_factory=dict)  # msn -> media start (s) in the run
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    can_idle: bool = True  # False: the server streams from its start (the prototype)
 
     @property
     def origin(self) -> str:
@@ -408,10 +409,15 @@ class PrototypeTarget(Target):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        super().__init__("prototype", f"http://127.0.0.1:{port}/s.m3u8", server_pid=proc.pid)
+        super().__init__("prototype", f"http://127.0.0.1:{port}/s.m3u8", server_pid=proc.pid, can_idle=False)
         self.proc = proc
-        self.cleanup.append(lambda: os.killpg(proc.pid, signal.SIGKILL))
-        self.cleanup.append(proc.wait)
+        self.cleanup.append(self._kill)
+
+    def _kill(self) -> None:
+        """The prototype and its FFmpeg children share its session's process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def publish(self) -> None:
         deadline = time.monotonic() + 20
@@ -726,6 +732,11 @@ def reqs(target: Target, tmp: Path, seconds: float, connections: int) -> dict[st
     nginx = Nginx(root, tmp / "reqs-nginx").start()
     results: dict[str, dict[str, Any]] = {}
     try:
+        for _ in range(100):  # a full window, so the playlist has its usual size
+            status, body = http_get(target.playlist_url)
+            if len(parse_playlist(body.decode(errors="replace")).segments) >= 4:
+                break
+            time.sleep(0.5)
         for kind in ("playlist", "part", "segment"):
             status, body = http_get(target.playlist_url)
             media = parse_playlist(body.decode(errors="replace"))
@@ -891,7 +902,7 @@ async def simulate(url: str, players: int, seconds: float, ll: bool) -> dict[str
             return f"?_HLS_msn={last_msn}&_HLS_part={last_index + 1}"
         return f"?_HLS_msn={m.segments[-1][0] + 1}"
 
-    async def fetch(client: Client, uri: str) -> None:
+    async def fetch(client: Client, uri: str, steady: bool = True) -> None:
         started = loop.time()
         status, _ = await client.get(base + uri if not uri.startswith("/") else uri)
         done = loop.time()
@@ -900,7 +911,7 @@ async def simulate(url: str, players: int, seconds: float, ll: bool) -> dict[str
             result.errors += 1
             return
         result.downloads.append(done - started)
-        if uri in seen and started < end:
+        if steady and uri in seen and started < end:  # not what a player fetches as it joins
             result.delays.append(done - seen[uri])
 
     async def legacy(i: int) -> None:
@@ -918,12 +929,13 @@ async def simulate(url: str, players: int, seconds: float, ll: bool) -> dict[str
                     continue
                 media = parse_playlist(body.decode(errors="replace"))
                 if last < 0 and media.init:
-                    await fetch(client, media.init)
+                    await fetch(client, media.init, steady=False)
                 fresh = [s for s in media.segments if s[0] > last]
                 if last < 0:
                     fresh = fresh[-3:]  # a player joins three segments from the end
+                joining = last < 0
                 for msn, uri, _ in fresh:
-                    await fetch(client, uri)
+                    await fetch(client, uri, steady=not joining)
                     last = msn
                 await asyncio.sleep(max(0.0, tick + media.target_duration - loop.time()))
             except (ConnectionError, OSError):
@@ -947,15 +959,16 @@ async def simulate(url: str, players: int, seconds: float, ll: bool) -> dict[str
                     await asyncio.sleep(0.2)
                     continue
                 media = parse_playlist(body.decode(errors="replace"))
-                if state[0] is None:
+                joining = state[0] is None
+                if joining:
                     if media.init:
-                        await fetch(client, media.init)
+                        await fetch(client, media.init, steady=False)
                     got.update(uri for *_, uri, _ in media.parts[:-1])  # start at the newest part
                 state[0] = media
                 for msn, _, uri, _ in media.parts:
                     if uri not in got:
                         got.add(uri)
-                        await fetch(client, uri)
+                        await fetch(client, uri, steady=not joining)
                         last_part_msn = msn
                 if not media.can_block:
                     await asyncio.sleep(0.2)
@@ -984,6 +997,7 @@ async def simulate(url: str, players: int, seconds: float, ll: bool) -> dict[str
         "seconds": seconds,
         "delay_p50": _pct(result.delays, 0.5),
         "delay_p99": _pct(result.delays, 0.99),
+        "download_p50": _pct(result.downloads, 0.5),
         "download_p99": _pct(result.downloads, 0.99),
         "deliveries": len(result.delays),
         "behind": result.behind,
@@ -1033,7 +1047,7 @@ def measure_target(
 ) -> dict[str, Any]:
     """Everything selected, on one live target, in an order that keeps the machine quiet for latency."""
     out: dict[str, Any] = {"name": target.name}
-    if "cpu" in modes and main:
+    if "cpu" in modes and main and target.can_idle:
         log(f"{target.name}: idle CPU for {args.cpu_seconds:g} s")
         out["cpu_idle"] = cpu_share(target.server_pid, args.cpu_seconds) if main else None
     with live(target):
@@ -1103,47 +1117,42 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
             f"{res['ours']['p99_ms']:.0f}/{res['nginx']['p99_ms']:.0f}; errors {res['ours']['errors']}) | "
             f"{a:.0f} | {b:.0f} (nginx) | {a / b:.3f} | >= {GOALS['reqs_ratio']} |"
         )
-    for key, label, goal in (
+    sims = (
         (
             "players",
-            f"{args.players} legacy players, segment",
-            f"p99 < {GOALS['segment_p99_s']} s, none behind",
+            f"{args.players} legacy players",
+            "segment",
+            {0: f"p99 < {GOALS['segment_p99_s']} s", 2: "0 behind"},
         ),
-        ("llplayers", f"{args.ll_players} LL players, part", f"p99 < {GOALS['part_p99_s']} s"),
-    ):
+        ("llplayers", f"{args.ll_players} LL-HLS players", "part", {1: f"p99 < {GOALS['part_p99_s']} s"}),
+    )
+    for key, label, unit, goal in sims:
         if key not in ours:
             continue
-        a, b = ours[key], ref.get(key)
+        a, b = ours[key], ref.get(key) or {"missing": ""}
         if "missing" in a:
-            print(f"| {label} | {a['missing']} | | | {goal} |")
+            print(f"| {label} | {a['missing']} | | | {', '.join(goal.values())} |")
             continue
-        print(
-            f"| {label} delivered after listed, p50 / p99 (s) | {fmt(a['delay_p50'])} / "
-            f"{fmt(a['delay_p99'])} | "
-            + (f"{fmt(b.get('delay_p50'))} / {fmt(b.get('delay_p99'))}" if b and "missing" not in b else "")
-            + f" | | {goal} |"
-        )
-        print(
-            f"| {label}: behind / errors / requests | {a['behind']} / {a['errors']} / {a['requests']} | "
-            + (f"{b['behind']} / {b['errors']} / {b['requests']}" if b and "missing" not in b else "")
-            + " | | |"
-        )
-        print(
-            f"| {label}: server / load generator CPU (share of one core) | "
-            f"{fmt(a.get('server_cpu'), '.0%')} / {fmt(a['simulator_cpu'], '.0%')} | "
-            + (
-                f"{fmt(b.get('server_cpu'), '.0%')} / {fmt(b['simulator_cpu'], '.0%')}"
-                if b and "missing" not in b
-                else ""
+        rows = [
+            (f"{unit} download (request -> last byte) p50 / p99 (s)", "download_p50", "download_p99", ".3f"),
+            (f"{unit} received after first listed, p50 / p99 (s)", "delay_p50", "delay_p99", ".3f"),
+            ("players behind (>= 2 segments) / errors", "behind", "errors", "d"),
+            ("server / load generator CPU, share of one core", "server_cpu", "simulator_cpu", ".0%"),
+        ]
+        for i, (what, x, y, spec) in enumerate(rows):
+            ref_cell = "" if "missing" in b else f"{fmt(b.get(x), spec)} / {fmt(b.get(y), spec)}"
+            ours_cell = f"{fmt(a.get(x), spec)} / {fmt(a.get(y), spec)}"
+            goal_cell = goal.get(i, "")
+            print(
+                f"| {label}, {args.players_seconds:g} s: {what} | {ours_cell} | {ref_cell} | | {goal_cell} |"
             )
-            + " | | |"
-        )
     if "cpu_stream" in ours:
         idle, busy = ours.get("cpu_idle"), ours.get("cpu_stream")
         packager = busy - idle if busy is not None and idle is not None else None
         print(
-            f"| server CPU with one {args.video_kbps} kbps stream minus idle (share of one core) | "
-            f"{fmt(packager, '.1%')} (idle {fmt(idle, '.1%')}) | | | <= {GOALS['cpu_share']:.0%} |"
+            f"| server process CPU with one {args.video_kbps} kbps stream, minus idle (share of one core) | "
+            f"{fmt(busy, '.1%')} - {fmt(idle, '.1%')} = {fmt(packager, '.1%')} | | | "
+            f"<= {GOALS['cpu_share']:.0%} |"
         )
         print(
             "| FFmpeg remuxer CPU, same window (share of one core) | "
@@ -1217,6 +1226,8 @@ def main() -> int:
     segment_seconds = config.load(None).ingest.segment_seconds
     # Long enough for every selected phase; the publisher is killed when the target's phases end.
     publish_seconds = 600
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so servers, publishers and nginx are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="streamplat-bench-llhls-"))
     ours: dict[str, Any] = {}
     ref: dict[str, Any] | None = None
