@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -30,12 +31,15 @@ from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.config import Settings
 from streamplat.db import create_engine, migrate, session_factory
 from streamplat.events import EventBus
-from streamplat.http import build_app
+from streamplat.hls.asgi import HlsFastPath
+from streamplat.hls.disk import finalise_index
+from streamplat.http import RequestContext, build_app
 from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
 from streamplat.metrics import PlatformMetrics, metrics_endpoint
 from streamplat.realtime import RealtimeHub, events_socket
 from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.controllers import main_stream_router, stream_app_router
+from streamplat.streams.viewers import viewer_key
 from streamplat.vod import RecordingService
 from streamplat.vod.controllers import vod_router
 from streamplat.web import web_router
@@ -136,6 +140,9 @@ class Platform:
                     srt_bind_host=i.srt_bind_host,
                     segment_seconds=i.segment_seconds,
                     playlist_size=i.playlist_size,
+                    part_seconds=i.part_seconds,
+                    memory_segments=i.memory_segments,
+                    low_latency=i.low_latency,
                     reconnect_window_seconds=i.reconnect_window_seconds,
                     max_restarts=i.max_restarts,
                     stop_timeout_seconds=i.stop_timeout_seconds,
@@ -169,7 +176,7 @@ class Platform:
                 ViewerTracker(window),
                 s.hls_path,
                 s.server.public_host,
-                lambda hls_dir: finalise_playlist(hls_dir, i.segment_seconds),
+                lambda hls_dir: _finalise(hls_dir, i.segment_seconds),
                 storage_problem=self.storage_problem,
                 stage_recording=self.recordings.stage_recording,
                 read_cache_seconds=s.server.read_cache_seconds,
@@ -245,6 +252,12 @@ class Platform:
         )
 
 
+def _finalise(hls_dir: Path, segment_seconds: float) -> None:
+    """End a stopped stream's index: fMP4 (init + seg files), else an old MPEG-TS playlist."""
+    if not finalise_index(hls_dir, segment_seconds):
+        finalise_playlist(hls_dir, segment_seconds)
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("bytes", "KiB", "MiB", "GiB"):
@@ -283,10 +296,24 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
         "stream": ("streamplat Stream App", [stream_app_router()]),
         "vod": ("streamplat VOD service", [vod_router()]),
     }
-    return {
+    apps = {
         name: build_app(service=SERVICES[name], title=title, route_handlers=handlers, **common)
         for name, (title, handlers) in routes.items()
     }
+    # Live HLS from memory, in front of the Stream App's routes but inside its request-id,
+    # access-log and metrics wrapper (design §3.7).
+    stream_app = apps["stream"]
+    context = stream_app.asgi_handler
+    assert isinstance(context, RequestContext)
+    streams = platform.streams
+
+    def touch(stream_id: str, host: str | None, agent: str | None) -> None:
+        streams.touch_viewer(stream_id, viewer_key(host, agent))
+
+    context.app = HlsFastPath(
+        context.app, platform.supervisor.live_store, touch=touch, cors_origins=s.cors_origins
+    )
+    return apps
 
 
 def ports(settings: Settings) -> dict[str, int]:

@@ -82,8 +82,11 @@ class IngestSettingsSection(_Section):
     port_max: int = 10100
     srt_bind_host: str = "0.0.0.0"
     srt_latency_ms: int = 120
-    segment_seconds: float = 2.0
+    segment_seconds: float = 1.0
+    part_seconds: float = 0.2
     playlist_size: int = 6
+    memory_segments: int = 12
+    low_latency: bool = True
     reconnect_window_seconds: float = 300.0
     max_restarts: int = 5
     stop_timeout_seconds: float = 10.0
@@ -253,6 +256,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("ingest.segment_seconds: must be between 0.5 and 30")
     if not 2 <= i.playlist_size <= 100:
         raise ConfigError("ingest.playlist_size: must be between 2 and 100")
+    if not 0.1 <= i.part_seconds <= 2 or i.part_seconds > i.segment_seconds:
+        raise ConfigError("ingest.part_seconds: must be between 0.1 and 2, and at most segment_seconds")
+    if not i.playlist_size <= i.memory_segments <= 1000:
+        raise ConfigError("ingest.memory_segments: must be between playlist_size and 1000")
     if i.reconnect_window_seconds < 0:
         raise ConfigError("ingest.reconnect_window_seconds: must be 0 or more")
     if i.max_restarts < 0:

@@ -200,6 +200,77 @@ def build_listener_argv(
     ]
 
 
+FMP4_MOVFLAGS = "empty_moov+default_base_moof+frag_keyframe+delay_moov"
+AAC_BSF_UNSUPPORTED = "is not supported by the bitstream filter"
+
+
+def build_fmp4_argv(
+    *,
+    ffmpeg_binary: str,
+    input_list: str,
+    port: int,
+    part_seconds: float = 0.2,
+    aac_bsf: bool = True,
+    analyze_seconds: float = 0.5,
+) -> list[str]:
+    """FFmpeg argv for one SRT listener that remuxes (no transcoding) into fMP4 on stdout.
+
+    The packager (`streamplat.hls.packager`) reads the pipe and cuts LL-HLS parts and segments
+    (docs/design/ll-hls.md §3.2):
+
+    - `empty_moov+delay_moov`: the init comes with the first fragment, so the AAC esds carries
+      its AudioSpecificConfig (without delay_moov hls.js derives `mp4a.40` and Chromium refuses
+      the SourceBuffer);
+    - `default_base_moof`: each moof + mdat pair stands on its own (a part);
+    - `frag_keyframe` + `-frag_duration`: a fragment per part length, and a new one at every
+      keyframe, so segments can start on keyframes;
+    - `-bsf:a aac_adtstoasc` (MPEG-TS AAC is ADTS); FFmpeg refuses it for other audio codecs
+      ("... is not supported by the bitstream filter"), so the supervisor retries once with
+      `aac_bsf=False` (AAC_BSF_UNSUPPORTED in stderr).
+    - `-map 0:v? -map 0:a?`: data streams (SCTE-35, ID3) cannot go into this MP4.
+    """
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    if not 0 < part_seconds <= 5:
+        raise ValueError(f"part_seconds out of range: {part_seconds}")
+    argv = [
+        ffmpeg_binary,
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        "warning",
+        "-analyzeduration",
+        str(int(analyze_seconds * 1_000_000)),
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-protocol_whitelist",
+        "file,srt",
+        "-i",
+        input_list,
+        "-map",
+        "0:v?",
+        "-map",
+        "0:a?",
+        "-c",
+        "copy",
+    ]
+    if aac_bsf:
+        argv += ["-bsf:a", "aac_adtstoasc"]
+    argv += [
+        "-f",
+        "mp4",
+        "-movflags",
+        FMP4_MOVFLAGS,
+        "-frag_duration",
+        str(int(part_seconds * 1_000_000)),
+        "pipe:1",
+    ]
+    return argv
+
+
 def mask_secret(argv: Sequence[str], secret: str) -> list[str]:
     """A copy of argv safe to log: every occurrence of the secret (raw or URL-quoted) masked."""
     forms = {secret, urllib.parse.quote(secret, safe="")}

@@ -44,18 +44,21 @@ from streamplat.events import (
     PublisherConnected,
     PublisherDisconnected,
 )
+from streamplat.hls.cutter import Cutter
+from streamplat.hls.disk import DiskWriter, finalise_index, scan
+from streamplat.hls.packager import DiskSink, PackagerStats, package
+from streamplat.hls.store import LiveStore, LiveStream
 from streamplat.ingest.ffmpeg import (
-    Progress,
-    ProgressAccumulator,
+    AAC_BSF_UNSUPPORTED,
     RateWindow,
-    build_listener_argv,
+    build_fmp4_argv,
     clean_stderr_line,
     describe_exit,
     listener_input_list,
     mask_secret,
     validate_passphrase,
 )
-from streamplat.ingest.hls import SegmentMeter, finalise_playlist, prepare_hls_dir
+from streamplat.ingest.hls import finalise_playlist
 from streamplat.procs import die_with_parent, signal_group
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,11 @@ class IngestSettings:
 
     ffmpeg_binary: str
     srt_bind_host: str = "0.0.0.0"
-    segment_seconds: float = 2.0  # HLS segment target length (-hls_time)
-    playlist_size: int = 6  # entries in the sliding live playlist (-hls_list_size)
+    segment_seconds: float = 1.0  # HLS segment target length (cut at the next keyframe)
+    playlist_size: int = 6  # segments in the sliding live playlist
+    part_seconds: float = 0.2  # LL-HLS part length (FFmpeg's -frag_duration)
+    memory_segments: int = 12  # segments kept in memory (playlist window + late fetches)
+    low_latency: bool = True  # False: no part tags / blocking reload (a plain live playlist)
     reconnect_window_seconds: float = 300.0  # how long a dropped publisher may take to return
     # Restarts after consecutive failures (FFmpeg exiting without having received media);
     # failure number max_restarts + 1 gives up.
@@ -126,8 +132,11 @@ class SupervisorClosed(IngestError):
 
 
 @dataclass(frozen=True, slots=True)
-class _ProgressItem:
-    progress: Progress
+class _MediaItem:
+    """The packager cut parts: media flows (sent at most every _MEDIA_REPORT_SECONDS)."""
+
+    bytes: int
+    frames: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +149,8 @@ class _StopRequested:
     pass
 
 
-_Item = _ProgressItem | _Exited | _StopRequested
+_Item = _MediaItem | _Exited | _StopRequested
+_MEDIA_REPORT_SECONDS = 0.5
 
 
 @dataclass(slots=True)
@@ -215,6 +225,10 @@ class _Stream:
         # Set once the first FFmpeg of this stream was spawned, or its first attempt ended without
         # one: start() waits for it (then for the port), so the SRT URL it hands out works.
         self.first_spawn = asyncio.Event()
+        # The in-memory LL-HLS window and the disk writer, for the stream's whole supervision.
+        self.live: LiveStream | None = None
+        self.writer: DiskWriter | None = None
+        self.aac_bsf = True  # False once FFmpeg refused aac_adtstoasc (non-AAC audio)
 
     def request_stop(self) -> None:
         """Ask the stream's task to end its listener and return (no more events)."""
@@ -244,9 +258,10 @@ class _Stream:
 class IngestSupervisor:
     """Runs and watches one FFmpeg SRT listener per live stream; use as `async with`."""
 
-    def __init__(self, settings: IngestSettings, bus: EventBus) -> None:
+    def __init__(self, settings: IngestSettings, bus: EventBus, live_store: LiveStore | None = None) -> None:
         self._settings = settings
         self._bus = bus
+        self.live_store = live_store if live_store is not None else LiveStore()
         self._streams: dict[str, _Stream] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
@@ -359,7 +374,8 @@ class IngestSupervisor:
             # asyncio.wait rather than `await task`: never raises, and if our caller is
             # cancelled the stream's task still finishes stopping FFmpeg on its own.
             await asyncio.wait([task])
-        await asyncio.to_thread(finalise_playlist, stream.hls_dir, self._settings.segment_seconds)
+        await self._close_live(stream)
+        await asyncio.to_thread(_finalise, stream.hls_dir, self._settings.segment_seconds)
         if self._streams.get(stream_id) is stream:
             del self._streams[stream_id]
         stream.log.info("stopped; playlist ended")
@@ -383,16 +399,62 @@ class IngestSupervisor:
 
     # --- the stream's task ----------------------------------------------------------------
 
+    async def _open_live(self, stream: _Stream) -> None:
+        """Read the stream's folder back (runs and MSNs continue) and open its live window."""
+        settings = self._settings
+        state = await asyncio.to_thread(scan, stream.hls_dir, settings.segment_seconds)
+        cutter = Cutter(
+            segment_seconds=settings.segment_seconds,
+            next_run=state.next_run,
+            next_msn=state.next_msn,
+            next_dsn=state.next_dsn,
+            target_duration=state.target_duration,
+            had_segments=state.has_media,
+        )
+        writer = DiskWriter(stream.hls_dir, state)
+        live = LiveStream(
+            stream.stream_id,
+            cutter,
+            playlist_size=settings.playlist_size,
+            memory_segments=settings.memory_segments,
+            low_latency=settings.low_latency,
+            sink=DiskSink(writer, lambda: stream.live),
+        )
+        stream.live, stream.writer = live, writer
+        self.live_store.put(live)
+        if state.has_media:
+            stream.log.info("continuing the recording: run %d, segment %d", state.next_run, state.next_msn)
+
+    async def _close_live(self, stream: _Stream) -> None:
+        """End the live window (held requests are answered) and flush the disk writer."""
+        live, writer = stream.live, stream.writer
+        stream.live = stream.writer = None
+        if live is not None:
+            live.finish()
+            if self.live_store.get(stream.stream_id) is live:
+                self.live_store.remove(stream.stream_id)
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
+
     async def _supervise(self, stream: _Stream) -> None:
         """Body of a stream's task: run listeners until stopped or given up."""
         try:
-            reason = await self._run_listeners(stream)
+            try:
+                await self._open_live(stream)
+            except OSError as exc:
+                reason: str | None = f"cannot prepare the HLS directory {stream.hls_dir}: {exc}"
+                stream.log.error("%s", reason)
+                stream.first_spawn.set()
+            else:
+                reason = await self._run_listeners(stream)
         except Exception as exc:
             # A bug here must not escape: the TaskGroup would cancel every other stream.
             stream.log.exception("ingest supervisor failed")
             reason = f"internal error in the ingest supervisor: {exc!r}"
             if stream.process is not None:
                 signal_group(stream.process, signal.SIGKILL)
+        finally:
+            await self._close_live(stream)
         if reason is None or stream.stop_requested:
             return
         stream.last_error = reason
@@ -446,17 +508,8 @@ class IngestSupervisor:
         """Run one FFmpeg listener from spawn to exit and publish what it reports."""
         settings = self._settings
         loop = asyncio.get_running_loop()
-        try:
-            hls = await asyncio.to_thread(prepare_hls_dir, stream.hls_dir, settings.segment_seconds)
-        except OSError as exc:
-            # Counted as a failure like a crashing FFmpeg: a full disk may recover, and a
-            # permission problem ends in IngestGaveUp with this reason.
-            reason = f"cannot prepare the HLS directory {stream.hls_dir}: {exc}"
-            stream.last_error = reason
-            stream.log.error("%s", reason)
-            return _Outcome(received_media=False, reason=reason)
-        if hls.salvaged:
-            stream.log.warning("listed orphaned segments %s in the playlist", hls.salvaged)
+        live = stream.live
+        assert live is not None
         # The stream key travels in a 0600 file, never in argv (world-readable in /proc).
         # Named after the port too, so `ps` still shows which listener is which.
         input_list = self._private_dir / f"{stream.stream_id}-srt{stream.port}.ffconcat"
@@ -474,20 +527,19 @@ class IngestSupervisor:
             stream.last_error = reason
             stream.log.error("%s", reason)
             return _Outcome(received_media=False, reason=reason)
-        argv = build_listener_argv(
+        argv = build_fmp4_argv(
             ffmpeg_binary=settings.ffmpeg_binary,
             input_list=str(input_list),
             port=stream.port,
-            playlist_dir=str(stream.hls_dir),
-            segment_seconds=settings.segment_seconds,
-            playlist_size=settings.playlist_size,
-            continue_playlist=hls.playlist_exists,
+            part_seconds=settings.part_seconds,
+            aac_bsf=stream.aac_bsf,
         )
         stream.log.info(
-            "starting listener on port %d (restart %d, next segment %d): %s",
+            "starting listener on port %d (restart %d, next run %d, next segment %d): %s",
             stream.port,
             stream.restarts,
-            hls.next_number,
+            live.cutter.next_run,
+            live.cutter.next_msn,
             shlex.join(mask_secret(argv, stream.passphrase)),
         )
         stream.stderr_tail.clear()
@@ -515,17 +567,14 @@ class IngestSupervisor:
         stream.log.info("FFmpeg pid %d listening", process.pid)
         received_media = False
         window_over = False
-        meter = SegmentMeter(stream.hls_dir, hls.next_number)
         frame_rate = RateWindow(window_seconds=5.0)
-        # Sampled only when a segment completes, and over several segments, so that whole
-        # segments are counted and the steps do not show as jitter.
-        byte_rate = RateWindow(window_seconds=max(10.0, 3 * settings.segment_seconds))
+        byte_rate = RateWindow(window_seconds=5.0)
         try:
             await self._bus.publish(
                 ListenerStarted(stream_id=stream.stream_id, port=stream.port, restart=stream.restarts)
             )
             async with asyncio.TaskGroup() as readers:
-                readers.create_task(self._drain(stream, process))
+                readers.create_task(self._drain(stream, process, live))
                 terminating = False
                 while True:
                     if stream.stop_requested and not terminating:
@@ -544,16 +593,16 @@ class IngestSupervisor:
                         continue
                     if isinstance(item, _Exited):
                         break
-                    if not isinstance(item, _ProgressItem) or terminating:
+                    if not isinstance(item, _MediaItem) or terminating:
                         continue
-                    if not received_media and item.progress.has_media:
+                    if not received_media:
                         received_media = True
                         stream.publisher_connected = True
                         stream.connected_at = time.time()
                         stream.log.info("publisher connected")
                         await self._bus.publish(PublisherConnected(stream_id=stream.stream_id))
-                    if received_media and not item.progress.ended and not stream.stop_requested:
-                        await self._report_progress(stream, item.progress, meter, frame_rate, byte_rate)
+                    if not stream.stop_requested:
+                        await self._report_progress(stream, item, frame_rate, byte_rate)
         finally:
             # Reached with FFmpeg still running only when this task is cancelled (abnormal
             # shutdown): no time for a graceful stop, and the next start() salvages the
@@ -567,6 +616,15 @@ class IngestSupervisor:
             stream.fps = None
 
         reason = describe_exit(process.returncode, stream.stderr_tail)
+        if (
+            not received_media
+            and stream.aac_bsf
+            and any(AAC_BSF_UNSUPPORTED in x for x in stream.stderr_tail)
+        ):
+            # Not AAC (Opus, MP3...): MPEG-TS AAC needs aac_adtstoasc, anything else refuses it,
+            # and -bsf has no per-codec form. The publisher retries; the next listener omits it.
+            stream.aac_bsf = False
+            stream.log.info("the publisher's audio is not AAC: listening again without aac_adtstoasc")
         stream.last_error = reason
         level = logging.INFO if received_media or stream.stop_requested or window_over else logging.WARNING
         stream.log.log(
@@ -581,50 +639,59 @@ class IngestSupervisor:
     async def _report_progress(
         self,
         stream: _Stream,
-        progress: Progress,
-        meter: SegmentMeter,
+        item: _MediaItem,
         frame_rate: RateWindow,
         byte_rate: RateWindow,
     ) -> None:
-        """Update the stream's numbers from one progress block and publish them."""
+        """Update the stream's numbers from the packager's counters and publish them."""
         now = asyncio.get_running_loop().time()
-        if progress.frame is not None:
-            frame_rate.add(now, progress.frame)
-        # stat() per new segment, on a thread: a slow disk must not stall the event loop.
-        if await asyncio.to_thread(meter.update) or meter.total_bytes == 0:
-            byte_rate.add(now, meter.total_bytes)
+        frame_rate.add(now, item.frames)
+        byte_rate.add(now, item.bytes)
         fps = frame_rate.rate()
         stream.fps = round(fps, 2) if fps is not None else None
-        if progress.bitrate_kbps is not None:
-            stream.bitrate_kbps = progress.bitrate_kbps
-        else:
-            bytes_per_second = byte_rate.rate()
-            stream.bitrate_kbps = round(bytes_per_second * 8 / 1000, 1) if bytes_per_second else None
+        bytes_per_second = byte_rate.rate()
+        stream.bitrate_kbps = round(bytes_per_second * 8 / 1000, 1) if bytes_per_second else None
+        live = stream.live
         await self._bus.publish(
             IngestProgress(
                 stream_id=stream.stream_id,
                 bitrate_kbps=stream.bitrate_kbps,
                 fps=stream.fps,
-                out_time_seconds=progress.out_time_seconds,
+                out_time_seconds=None if live is None else _media_seconds(live),
             )
         )
 
-    async def _drain(self, stream: _Stream, process: asyncio.subprocess.Process) -> None:
-        """Read FFmpeg's stdout (progress) and stderr to the end, then report its exit.
+    async def _drain(self, stream: _Stream, process: asyncio.subprocess.Process, live: LiveStream) -> None:
+        """Package FFmpeg's stdout (fMP4) and read its stderr to the end, then report its exit.
 
         Both pipes are always drained: FFmpeg blocks once a pipe buffer is full. The exit is
-        queued only after both reached EOF, so the consumer has seen every progress block and
-        the stderr tail is complete when it reads the exit.
+        queued only after both reached EOF, so every part is in the store and the stderr tail is
+        complete when the consumer reads the exit.
         """
         assert process.stdout is not None and process.stderr is not None
         stdout, stderr = process.stdout, process.stderr
+        loop = asyncio.get_running_loop()
+        last_report = -1.0
 
-        async def read_progress() -> None:
-            blocks = ProgressAccumulator()
-            async for raw in _lines(stdout):
-                block = blocks.feed(raw.decode("utf-8", "replace"))
-                if block is not None:
-                    stream.inbox.put_nowait(_ProgressItem(block))
+        def on_part(stats: PackagerStats) -> None:
+            nonlocal last_report
+            now = loop.time()
+            if now - last_report >= _MEDIA_REPORT_SECONDS:
+                last_report = now
+                stream.inbox.put_nowait(_MediaItem(stats.bytes, stats.frames))
+
+        async def read_media() -> None:
+            stats = PackagerStats()
+            error = await package(stdout, live, stats, on_part)
+            if error is not None:
+                stream.stderr_tail.append(error)
+            stream.log.info(
+                "run ended: %d parts, %.1f s of media, %d bytes, packager CPU %.3f s",
+                stats.parts,
+                stats.media_seconds,
+                stats.bytes,
+                stats.cpu_seconds,
+            )
 
         async def read_stderr() -> None:
             async for raw in _lines(stderr):
@@ -633,7 +700,7 @@ class IngestSupervisor:
                     stream.stderr_tail.append(line)
                     stream.log.debug("ffmpeg: %s", line)
 
-        await asyncio.gather(read_progress(), read_stderr())
+        await asyncio.gather(read_media(), read_stderr())
         returncode = await process.wait()
         stream.inbox.put_nowait(_Exited(returncode))
 
@@ -654,6 +721,20 @@ class IngestSupervisor:
                 stream.log.warning("FFmpeg ignored SIGINT for %.1f s; sending SIGKILL", timeout)
             signal_group(process, signal.SIGKILL)
             await process.wait()
+
+
+def _media_seconds(live: LiveStream) -> float | None:
+    """Media time of the live run so far (end of its last part), for IngestProgress."""
+    segment = live.cutter.open or (live.segments[-1] if live.segments else None)
+    if segment is None:
+        return None
+    return segment.media_start + segment.duration
+
+
+def _finalise(hls_dir: pathlib.Path, segment_seconds: float) -> None:
+    """End the stream's on-disk index: fMP4 recordings, else an old MPEG-TS playlist."""
+    if not finalise_index(hls_dir, segment_seconds):
+        finalise_playlist(hls_dir, segment_seconds)
 
 
 def _write_private(path: pathlib.Path, text: str) -> None:

@@ -171,8 +171,15 @@ def main_stream_router() -> Router:
 
 # --- Stream App ----------------------------------------------------------------------------
 
-SEGMENT_NAME = re.compile(r"segment_\d{1,12}\.ts")
-SegmentPath = Annotated[str, PathParameter(description="a segment's file name (segment_<n>.ts)")]
+# MPEG-TS segments of old recordings; fMP4 segments and inits (docs/design/ll-hls.md §3.9).
+SEGMENT_NAME = re.compile(r"segment_\d{1,12}\.ts|seg_[1-9]\d{0,8}_\d{1,12}\.m4s|init_[1-9]\d{0,8}\.mp4")
+SegmentPath = Annotated[
+    str,
+    PathParameter(
+        description="a segment's file name: seg_<run>_<msn>.m4s, init_<run>.mp4, part_<run>_<n>.m4s "
+        "(live only) or segment_<n>.ts (recordings made before LL-HLS)"
+    ),
+]
 PLAYLIST_HEADERS = {"Cache-Control": "no-cache, no-store"}
 
 
@@ -196,6 +203,7 @@ async def ingest_status(stream_id: StreamIdPath, streams: Streams) -> IngestStat
         fps=ingest.fps if ingest else None,
         restarts=ingest.restarts if ingest else 0,
         last_error=ingest.last_error if ingest else None,
+        hls=streams.live_hls_info(stream_id),
     )
 
 
@@ -224,13 +232,13 @@ async def hls_playlist(
 
 @get(
     "/hls/{stream_id:str}/{segment:str}",
-    responses={**responses(404, 416), **file_responses("video/mp2t")},
-    media_type="video/mp2t",
+    responses={**responses(400, 404, 416, 503), **file_responses("video/mp4")},
+    media_type="video/mp4",
 )
 async def hls_segment(
     request: Request[Any, Any, Any], stream_id: StreamIdPath, segment: SegmentPath, streams: Streams
 ) -> Response[bytes]:
-    """One MPEG-TS segment of the stream."""
+    """One segment, part or init of the stream (live ones come from memory, see hls/asgi.py)."""
     if not is_stream_id(stream_id):
         raise NotFound("Stream not found")
     if not SEGMENT_NAME.fullmatch(segment):
@@ -239,7 +247,7 @@ async def hls_segment(
     if not path.is_file():
         raise NotFound("Segment not found")
     _touch(request, streams, stream_id)
-    response = file_response(request, path, "video/mp2t")
+    response = file_response(request, path, "video/mp2t" if segment.endswith(".ts") else "video/mp4")
     # A segment never changes once it is in the playlist.
     response.headers["Cache-Control"] = "public, max-age=86400, immutable"
     return response

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -113,3 +113,6 @@ class IngestStatusOut(msgspec.Struct):
     fps: float | None
     restarts: int
     last_error: str | None
+    # LL-HLS live window (design §3.12): target/part durations, codecs and per segment msn,
+    # run, media_start_seconds, duration_seconds and parts. None when the stream is not live.
+    hls: dict[str, Any] | None = None

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -676,6 +676,13 @@ class StreamService:
 
     # --- viewers -------------------------------------------------------------------------------
 
+    def live_hls_info(self, stream_id: str) -> dict[str, Any] | None:
+        """The live LL-HLS window of the stream for /stream/{id}/status (None if not live)."""
+        store = getattr(self._ingest, "live_store", None)
+        live = store.get(stream_id) if store is not None else None
+        info: dict[str, Any] | None = live.info() if live is not None else None
+        return info
+
     def touch_viewer(self, stream_id: str, client_key: str) -> None:
         """An HLS client fetched the playlist or a segment of the stream (counted while it is live)."""
         if stream_id in self._live:
@@ -732,7 +739,7 @@ class SegmentCounter:
             return cached[2]
         try:
             with os.scandir(hls_dir) as entries:
-                count = sum(1 for e in entries if e.name.startswith("segment_") and e.name.endswith(".ts"))
+                count = sum(1 for e in entries if _is_segment_file(e.name))
         except OSError:
             return 0
         with self._lock:
@@ -742,8 +749,15 @@ class SegmentCounter:
         return count
 
 
+def _is_segment_file(name: str) -> bool:
+    """MPEG-TS segments of old recordings (segment_N.ts) and fMP4 segments (seg_R_N.m4s)."""
+    return (name.startswith("segment_") and name.endswith(".ts")) or (
+        name.startswith("seg_") and name.endswith(".m4s")
+    )
+
+
 def _has_segments(hls_dir: Path) -> bool:
     try:
-        return any(p.stat().st_size > 0 for p in hls_dir.glob("segment_*.ts"))
+        return any(p.stat().st_size > 0 for p in hls_dir.iterdir() if _is_segment_file(p.name))
     except OSError:
         return False

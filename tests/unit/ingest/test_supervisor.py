@@ -124,7 +124,8 @@ def process_alive(pid: int) -> bool:
 
 
 def playlist_numbers(text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"^segment_(\d+)\.ts$", text, re.MULTILINE)]
+    """MSNs of the fMP4 segments (seg_<run>_<msn>.m4s) a playlist lists."""
+    return [int(n) for n in re.findall(r"^seg_\d+_(\d+)\.m4s$", text, re.MULTILINE)]
 
 
 def media_sequence(text: str) -> int:
@@ -135,9 +136,9 @@ def media_sequence(text: str) -> int:
 
 def segments_on_disk(hls_dir: pathlib.Path) -> dict[int, os.stat_result]:
     return {
-        int(path.name[8:13]): path.stat()
-        for path in hls_dir.glob("segment_*.ts")
-        if re.fullmatch(r"segment_\d{5}\.ts", path.name)
+        int(match.group(2)): path.stat()
+        for path in hls_dir.glob("seg_*.m4s")
+        if (match := re.fullmatch(r"seg_(\d+)_(\d+)\.m4s", path.name))
     }
 
 
@@ -274,10 +275,13 @@ async def test_publisher_goes_live_and_stop_ends_the_playlist(
     assert "#EXT-X-DISCONTINUITY" not in playlist  # a new stream starts clean
     numbers = playlist_numbers(playlist)
     assert numbers[0] == 0 and numbers == list(range(numbers[0], numbers[-1] + 1))
+    assert '#EXT-X-MAP:URI="init_1.mp4"' in playlist
     for number in numbers:
-        data = (hls_dir / f"segment_{number:05d}.ts").read_bytes()
-        assert data[0] == 0x47 and data[188] == 0x47  # MPEG-TS sync bytes
-    description = streams_in(hls_dir / "segment_00000.ts")
+        data = (hls_dir / f"seg_1_{number}.m4s").read_bytes()
+        assert data[4:8] == b"moof"  # fMP4 fragments, byte-contiguous after the run's init
+    first = hls_dir.parent / "first.mp4"
+    first.write_bytes((hls_dir / "init_1.mp4").read_bytes() + (hls_dir / "seg_1_0.m4s").read_bytes())
+    description = streams_in(first)
     assert "Video: h264" in description and "Audio: aac" in description
     assert not events.of(PublisherDisconnected)  # stop() is not a publisher drop
 
@@ -404,7 +408,7 @@ async def test_killed_publisher_reconnects_and_the_playlist_continues(
     assert media_sequence(after) >= media_sequence(before)
     assert media_sequence(after) == numbers[0]  # sequence number == file number, still counting
     # The first new segment follows a discontinuity, right after the last old one.
-    new_part = after.split(f"segment_{last_old:05d}.ts\n", 1)[1]
+    new_part = re.split(rf"seg_\d+_{last_old}\.m4s\n", after, maxsplit=1)[1]
     assert new_part.lstrip().startswith("#EXT-X-DISCONTINUITY")
     assert playlist_numbers(new_part)[0] == last_old + 1
     files_now = segments_on_disk(hls_dir)
@@ -579,7 +583,7 @@ async def test_killed_server_takes_ffmpeg_along_and_a_restart_continues_the_play
     # the last segment is on disk but not listed. A restart must neither lose nor overwrite it.
     listed = read_playlist(hls_dir)
     orphan = playlist_numbers(listed)[-1]
-    orphan_entry = re.search(rf"#EXTINF:([\d.]+),\nsegment_{orphan:05d}\.ts\n", listed)
+    orphan_entry = re.search(rf"#EXTINF:([\d.]+),\nseg_1_{orphan}\.m4s\n", listed)
     assert orphan_entry is not None
     write_playlist(hls_dir, listed.replace(orphan_entry.group(0), ""))
     old_files = segments_on_disk(hls_dir)
@@ -602,7 +606,7 @@ async def test_killed_server_takes_ffmpeg_along_and_a_restart_continues_the_play
     assert numbers[-1] > orphan
     # The orphan is back with about its real duration, and the new listener's first segment
     # follows it after a discontinuity.
-    salvaged = re.search(rf"#EXTINF:([\d.]+),\nsegment_{orphan:05d}\.ts\n#EXT-X-DISCONTINUITY\n", after)
+    salvaged = re.search(rf"#EXTINF:([\d.]+),\nseg_1_{orphan}\.m4s\n#EXT-X-DISCONTINUITY\n", after)
     assert salvaged is not None, after
     assert float(salvaged.group(1)) == pytest.approx(float(orphan_entry.group(1)), abs=0.1)
     assert after.count("#EXT-X-DISCONTINUITY") == 1

@@ -53,10 +53,12 @@ export async function playLive(video, url, { onFatal = () => {}, onPlaying = () 
   video.addEventListener('playing', onPlaying);
   if (Hls && Hls.isSupported()) {
     const hls = new Hls({
-      // Start three segments behind the live edge: a fresh stream has few segments and a
-      // smaller margin stalls on every late segment.
-      liveSyncDurationCount: 3,
-      liveMaxLatencyDurationCount: 10,
+      // LL-HLS: hls.js loads parts and keeps PART-HOLD-BACK (3 parts, 0.6 s) behind the live
+      // edge; about 1.3 s glass to glass. No liveSync* setting here: any of them makes hls.js
+      // ignore PART-HOLD-BACK and sit 3 segments behind. After a stall it may play up to 1.5x
+      // to win back the latency it lost (the default, 1, never catches up).
+      lowLatencyMode: true,
+      maxLiveSyncPlaybackRate: 1.5,
       backBufferLength: 30,
       manifestLoadingMaxRetry: 3,
       levelLoadingMaxRetry: 6,

@@ -1,0 +1,1 @@
+"""LL-HLS: fMP4 from FFmpeg cut into parts and segments, served from memory, recorded to disk."""
