@@ -3,7 +3,6 @@ a real nginx (the bench's own reference server) serving a live playlist that gro
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import shutil
 import sys
@@ -122,7 +121,7 @@ def fixture_live_nginx(llhls: ModuleType, tmp_path: Path) -> Iterator[str]:
 def test_simulated_players_receive_new_media_without_errors(
     llhls: ModuleType, live_nginx: str, ll: bool
 ) -> None:
-    result = asyncio.run(llhls.simulate(live_nginx, 20, 3.0, ll))
+    result = llhls.run_simulation(live_nginx, 20, 3.0, ll)
     assert result["errors"] == 0
     assert result["deliveries"] > 20  # every player got something new after joining
     assert result["behind"] == 0
