@@ -589,7 +589,8 @@ function fragAt(t) {
 function onFrame(now, meta) {
   const f = fragAt(meta.mediaTime);
   if (f && typeof f.sn === 'number' && !video.paused)
-    bench.samples.push([Date.now() / 1000, f.sn, f.start, f.duration, meta.mediaTime, hls.latency]);
+    bench.samples.push([Date.now() / 1000, f.sn, f.start, f.duration, meta.mediaTime, hls.latency,
+                       hls.targetLatency]);
   video.requestVideoFrameCallback(onFrame);
 }
 video.requestVideoFrameCallback(onFrame);
@@ -607,12 +608,16 @@ window.benchRequests = () => {
 </script>"""
 
 PLAYERS = {"new Hls()": "new Hls()", "lowLatencyMode: false": "new Hls({lowLatencyMode: false})"}
+# --watch-page adds the built-in watch page's settings (web/static/js/player.js): catch-up at 1.5x.
+WATCH_PAGE = {"watch page": "new Hls({lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5})"}
+CONSTRUCTORS = {**PLAYERS, **WATCH_PAGE}
 
 
 @dataclass
 class Playback:
     latencies: list[float]
     hls_latency: list[float]
+    target_latency: list[float]  # hls.js's targetLatency: where it means to sit behind the edge
     errors: list[str]
     stalls: int
     requests: dict[str, int]
@@ -624,7 +629,9 @@ class Playback:
         return statistics.median(self.latencies) if self.latencies else None
 
 
-def glass_to_glass(target: Target, join: float, sample: float) -> dict[str, Playback]:
+def glass_to_glass(
+    target: Target, join: float, sample: float, players: dict[str, str]
+) -> dict[str, Playback]:
     """Open one page per hls.js config `join` s after the publisher started; sample `sample` s."""
     from playwright.sync_api import sync_playwright
 
@@ -635,7 +642,7 @@ def glass_to_glass(target: Target, join: float, sample: float) -> dict[str, Play
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             pages = {}
-            for name, ctor in PLAYERS.items():
+            for name, ctor in players.items():
                 html = PAGE.replace("__HLS__", ctor).replace("__URL__", json.dumps(target.playlist_url))
 
                 context = browser.new_context(viewport={"width": 800, "height": 500})
@@ -682,7 +689,8 @@ def page_server(html: str, hlsjs: bytes) -> Callable[[Route], None]:
 
 def to_playback(target: Target, samples: list[list[float]], info: dict[str, Any]) -> Playback:
     latencies, hls_latency, unmapped = [], [], 0
-    for wall, sn, start, duration, media_time, hls_lat in samples:
+    target_latency = [float(x[6]) for x in samples if x[6] is not None]
+    for wall, sn, start, duration, media_time, hls_lat, _ in samples:
         base = target.start_of(int(sn))
         offset = media_time - start
         if base is None or not -0.1 <= offset <= duration + 0.5:
@@ -693,7 +701,9 @@ def to_playback(target: Target, samples: list[list[float]], info: dict[str, Any]
             hls_latency.append(float(hls_lat))
     errors = sorted(set(info["errors"]))
     span = samples[-1][0] - samples[0][0] if samples else 0.0
-    return Playback(latencies, hls_latency, errors, int(info["stalls"]), dict(info["req"]), unmapped, span)
+    return Playback(
+        latencies, hls_latency, target_latency, errors, int(info["stalls"]), dict(info["req"]), unmapped, span
+    )
 
 
 # --- [reqs] req/s vs nginx on the same bytes --------------------------------------------------
@@ -1097,7 +1107,9 @@ def run_simulator(
     started = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     if out.returncode != 0:
-        return {"missing": f"simulator failed: {out.stderr[-800:]}"}
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        log(f"simulator failed:\n{out.stderr[-3000:]}")
+        return {"missing": f"simulator failed ({last})"}
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if before is not None and server_pid:
         with contextlib.suppress(OSError):
@@ -1145,7 +1157,8 @@ def measure_target(
             )
         if "latency" in modes:
             log(f"{target.name}: pages open {args.join:g} s after the publisher started")
-            out["latency"] = glass_to_glass(target, args.join, args.sample)
+            players = {**PLAYERS, **(WATCH_PAGE if args.watch_page else {})}
+            out["latency"] = glass_to_glass(target, args.join, args.sample, players)
             for name, pb in out["latency"].items():
                 log(f"  {name}: median {fmt(pb.median)} s over {len(pb.latencies)} frames")
         else:
@@ -1179,13 +1192,13 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
     print(f"publisher: 640x360 30 fps x264 {args.video_kbps} kbps + AAC, GOP 1 s, realtime-paced; SRT\n")
     print("| measure | streamplat | reference | ratio | goal |")
     print("|---|---|---|---|---|")
-    for player in PLAYERS:
+    for player in {**PLAYERS, **WATCH_PAGE}:
         a = ours.get("latency", {}).get(player)
         b = ref.get("latency", {}).get(player)
-        goal = f"<= {GOALS['latency_ll_s']} s" if player == "new Hls()" else "<= 3 x segment"
+        goal = "<= 3 x segment" if player == "lowLatencyMode: false" else f"<= {GOALS['latency_ll_s']} s"
         if a or b:
             print(
-                f"| glass to glass, `{PLAYERS[player]}`, join {args.join:g} s, median (s) | "
+                f"| glass to glass, `{CONSTRUCTORS[player]}`, join {args.join:g} s, median (s) | "
                 f"{fmt(a.median if a else None)} | {fmt(b.median if b else None)} | "
                 f"{ratio(a.median if a else None, b.median if b else None)} | {goal} |"
             )
@@ -1254,9 +1267,10 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
     for who in (ours, ref):
         for player, pb in (who.get("latency") or {}).items():
             print(
-                f"{who['name']}, {PLAYERS[player]}: {len(pb.latencies)} frames over {pb.span:.1f} s, "
+                f"{who['name']}, {CONSTRUCTORS[player]}: {len(pb.latencies)} frames over {pb.span:.1f} s, "
                 f"p10/p90 {fmt(_pct(pb.latencies, 0.1))}/{fmt(_pct(pb.latencies, 0.9))} s, "
-                f"hls.latency median {fmt(statistics.median(pb.hls_latency) if pb.hls_latency else None)} s, "
+                f"hls.latency median {fmt(statistics.median(pb.hls_latency) if pb.hls_latency else None)} s "
+                f"(its target {fmt(statistics.median(pb.target_latency) if pb.target_latency else None)} s), "
                 f"requests {pb.requests}, stalls {pb.stalls}, unmapped frames {pb.unmapped}, "
                 f"errors {', '.join(pb.errors) or 'none'}"
             )
@@ -1293,6 +1307,9 @@ def main() -> int:
     parser.add_argument("--players-seconds", type=float, default=30.0, help="length of each simulation")
     parser.add_argument("--cpu-seconds", type=float, default=8.0, help="length of each CPU window")
     parser.add_argument("--video-kbps", type=int, default=2500, help="publisher video bitrate")
+    parser.add_argument(
+        "--watch-page", action="store_true", help="[latency] also the watch page's hls.js settings"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--simulate", help=argparse.SUPPRESS)
     args = parser.parse_args()
