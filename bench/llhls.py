@@ -623,10 +623,30 @@ class Playback:
     requests: dict[str, int]
     unmapped: int
     span: float  # seconds between the first and the last frame used
+    run_medians: list[float] = field(default_factory=list)  # one per page load (--latency-runs)
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.latencies) if self.latencies else None
+
+    @staticmethod
+    def merge(runs: list[Playback]) -> Playback:
+        """All frames of several page loads; the median of each load kept apart."""
+        requests: dict[str, int] = {}
+        for pb in runs:
+            for key, n in pb.requests.items():
+                requests[key] = requests.get(key, 0) + n
+        return Playback(
+            [x for pb in runs for x in pb.latencies],
+            [x for pb in runs for x in pb.hls_latency],
+            [x for pb in runs for x in pb.target_latency],
+            sorted({e for pb in runs for e in pb.errors}),
+            sum(pb.stalls for pb in runs),
+            requests,
+            sum(pb.unmapped for pb in runs),
+            sum(pb.span for pb in runs),
+            [m for pb in runs if (m := pb.median) is not None],
+        )
 
 
 def glass_to_glass(
@@ -1158,9 +1178,12 @@ def measure_target(
         if "latency" in modes:
             log(f"{target.name}: pages open {args.join:g} s after the publisher started")
             players = {**PLAYERS, **(WATCH_PAGE if args.watch_page else {})}
-            out["latency"] = glass_to_glass(target, args.join, args.sample, players)
-            for name, pb in out["latency"].items():
-                log(f"  {name}: median {fmt(pb.median)} s over {len(pb.latencies)} frames")
+            runs = []
+            for i in range(args.latency_runs):  # later loads join as soon as the last one ends
+                runs.append(glass_to_glass(target, args.join, args.sample, players))
+                for name, pb in runs[-1].items():
+                    log(f"  load {i + 1}, {name}: median {fmt(pb.median)} s over {len(pb.latencies)} frames")
+            out["latency"] = {name: Playback.merge([r[name] for r in runs]) for name in players}
         else:
             first_playlist(target, 30)
         if "reqs" in modes and main:
@@ -1271,6 +1294,7 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
                 f"p10/p90 {fmt(_pct(pb.latencies, 0.1))}/{fmt(_pct(pb.latencies, 0.9))} s, "
                 f"hls.latency median {fmt(statistics.median(pb.hls_latency) if pb.hls_latency else None)} s "
                 f"(its target {fmt(statistics.median(pb.target_latency) if pb.target_latency else None)} s), "
+                f"per load {', '.join(f'{m:.2f}' for m in pb.run_medians)} s, "
                 f"requests {pb.requests}, stalls {pb.stalls}, unmapped frames {pb.unmapped}, "
                 f"errors {', '.join(pb.errors) or 'none'}"
             )
@@ -1307,6 +1331,12 @@ def main() -> int:
     parser.add_argument("--players-seconds", type=float, default=30.0, help="length of each simulation")
     parser.add_argument("--cpu-seconds", type=float, default=8.0, help="length of each CPU window")
     parser.add_argument("--video-kbps", type=int, default=2500, help="publisher video bitrate")
+    parser.add_argument(
+        "--latency-runs",
+        type=int,
+        default=1,
+        help="[latency] page loads one after the other (hls.js's start position varies per load)",
+    )
     parser.add_argument(
         "--watch-page", action="store_true", help="[latency] also the watch page's hls.js settings"
     )
