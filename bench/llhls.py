@@ -290,7 +290,7 @@ class Target:
     publisher: subprocess.Popen[bytes] | None = None
     t0: float = 0.0  # time.time() right before the publisher was spawned
     starts: dict[int, float] = field(default_factory=dict)  # msn -> media start (s) in the run
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
+    cleanup: list[Callable[[], object]] = field(default_factory=list)
     can_idle: bool = True  # False: the server streams from its start (the prototype)
     status_url: str | None = None  # streamplat's /stream/{id}/status (per-part creation times)
 
@@ -298,6 +298,10 @@ class Target:
     def origin(self) -> str:
         parts = urllib.parse.urlsplit(self.playlist_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+    def publish(self) -> None:
+        """Start the publisher (or learn when the target started its own) and set `t0`."""
+        raise NotImplementedError
 
     def refresh_starts(self) -> None:
         """Learn the media start of the segments in the live window (called while sampling)."""
@@ -661,7 +665,7 @@ def glass_to_glass(
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pages = {}
+            pages: dict[str, Any] = {}
             for name, ctor in players.items():
                 html = PAGE.replace("__HLS__", ctor).replace("__URL__", json.dumps(target.playlist_url))
 
@@ -1115,7 +1119,7 @@ def run_simulation(*args: Any) -> dict[str, Any]:
         import uvloop
     except ImportError:
         return asyncio.run(simulate(*args))
-    return uvloop.run(simulate(*args))  # type: ignore[no-any-return]
+    return uvloop.run(simulate(*args))
 
 
 def run_simulator(
@@ -1250,12 +1254,12 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
         ),
         ("llplayers", f"{args.ll_players} LL-HLS players", "part", {4: f"p99 < {GOALS['part_p99_s']} s"}),
     )
-    for key, label, unit, goal in sims:
+    for key, label, unit, goals in sims:
         if key not in ours:
             continue
         a, b = ours[key], ref.get(key) or {"missing": ""}
         if "missing" in a:
-            print(f"| {label} | {a['missing']} | | | {', '.join(goal.values())} |")
+            print(f"| {label} | {a['missing']} | | | {', '.join(goals.values())} |")
             continue
         rows = [
             (f"{unit} download (request -> last byte) p50 / p99 (s)", "download_p50", "download_p99", ".3f"),
@@ -1269,7 +1273,7 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
         for i, (what, x, y, spec) in enumerate(rows):
             ref_cell = "" if "missing" in b else f"{fmt(b.get(x), spec)} / {fmt(b.get(y), spec)}"
             ours_cell = f"{fmt(a.get(x), spec)} / {fmt(a.get(y), spec)}"
-            goal_cell = goal.get(i, "")
+            goal_cell = goals.get(i, "")
             print(
                 f"| {label}, {args.players_seconds:g} s: {what} | {ours_cell} | {ref_cell} | | {goal_cell} |"
             )
