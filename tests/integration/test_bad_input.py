@@ -253,7 +253,7 @@ def test_openapi_documents_the_real_media_types(server: ServerProcess) -> None:
     playlist = stream["/hls/{stream_id}/stream.m3u8"]["get"]["responses"]["200"]["content"]
     assert list(playlist) == ["application/vnd.apple.mpegurl"]
     segment = stream["/hls/{stream_id}/{segment}"]["get"]["responses"]["200"]["content"]
-    assert list(segment) == ["video/mp2t"]
+    assert list(segment) == ["video/mp4"]  # fMP4 segments, parts and inits (LL-HLS)
 
 
 def test_options_lists_every_method_of_the_path(server: ServerProcess, streamer: str) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -300,6 +301,11 @@ def test_reconnect_gives_a_discontinuity_a_new_map_and_one_recording(
     waiter.join()
     assert held[0].status_code in (200, 404)
     wait_for(lambda: not live.status()["publisher_connected"], 20, message="publisher gone")
+    # no publisher: a blocking request for the next segment is answered 503 after its hold
+    nxt = live.status()["hls"]["last_msn"] + 1
+    r = live.get(f"stream.m3u8?_HLS_msn={nxt}", timeout=30)
+    assert_error(r, 503)
+    assert r.headers["retry-after"] == "1"
     live.publish()
 
     def second_run() -> str | None:
@@ -320,3 +326,83 @@ def test_reconnect_gives_a_discontinuity_a_new_map_and_one_recording(
     live.stop()
     index = (server.data_dir / "hls" / live.sid / "stream.m3u8").read_text()
     assert index.count("#EXT-X-DISCONTINUITY\n") == 1 and index.rstrip().endswith("#EXT-X-ENDLIST")
+
+
+def test_an_opus_publisher_plays_after_the_aac_filter_fallback(
+    server: ServerProcess, publishers: list[Publisher]
+) -> None:
+    """MPEG-TS AAC needs aac_adtstoasc, which FFmpeg refuses for Opus: the listener retries
+    without it (design §3.2), and the stream plays with its Opus track."""
+    live = Live(server, publishers, "llopus")
+    argv = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re"]
+    argv += [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=sample_rate=48000",
+    ]
+    argv += ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30"]
+    argv += ["-c:a", "libopus", "-f", "mpegts", live.srt_url]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def publishing() -> bool:
+        # An SRT caller whose listener went away exits: start another, as OBS would retry.
+        if not procs or procs[-1].poll() is not None:
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        r = live.get("stream.m3u8")
+        return r.status_code == 200 and "seg_" in r.text
+
+    try:
+        wait_for(publishing, 60, interval=0.5, message="a playlist from the Opus publisher")
+        text = live.wait_segments(2)
+        hls = live.status()["hls"]
+        assert "Opus" in hls["codecs"] and hls["codecs"].startswith("avc1."), hls
+        assert live.status()["restarts"] >= 1
+        init = live.get(re.findall(r'#EXT-X-MAP:URI="([^"]+)"', text)[-1])
+        assert b"Opus" in init.content
+        live.stop()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_sigkill_mid_stream_keeps_every_complete_segment_playable(
+    server_factory: Callable[..., ServerProcess], publishers: list[Publisher], tmp_path: Path
+) -> None:
+    """A SIGKILLed server loses at most the segment in progress: every segment file on disk is
+    whole, listed in the index after the restart, and init + segments play as one MP4."""
+    srv = server_factory(LIVE_ENV)
+    assert srv.proc is not None
+    live = Live(srv, publishers, "llkill")
+    pub = live.publish()
+    live.wait_segments(4)
+    folder = srv.data_dir / "hls" / live.sid
+    wait_for(lambda: len(list(folder.glob("seg_1_*.m4s"))) >= 4, 20, message="4 segments on disk")
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    pub.kill()
+    on_disk = sorted(folder.glob("seg_1_*.m4s"), key=lambda p: int(p.stem.split("_")[2]))
+    msns = [int(p.stem.split("_")[2]) for p in on_disk]
+    assert msns == list(range(len(msns)))  # contiguous from 0: nothing half-written was renamed
+
+    srv.start()  # crash recovery: the stream is stopped, its index ended and rebuilt from the files
+    index = (folder / "stream.m3u8").read_text()
+    assert index.rstrip().endswith("#EXT-X-ENDLIST")
+    assert [f"seg_1_{n}.m4s" for n in msns] == uris(index)[: len(msns)]
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
+    joined = tmp_path / "joined.mp4"
+    joined.write_bytes((folder / "init_1.mp4").read_bytes() + b"".join(p.read_bytes() for p in on_disk))
+    info = probe(joined)
+    assert info.video == "h264" and info.audio == "aac"
+    expected = sum(float(x) for x in re.findall(r"#EXTINF:([\d.]+),", index))
+    assert info.duration == pytest.approx(expected, abs=0.3)
+    # the stream answers from the files now: final index, a segment, no parts
+    assert live.get("stream.m3u8").text == index
+    assert live.get(f"seg_1_{msns[0]}.m4s").content == on_disk[0].read_bytes()
+    assert live.get("part_1_0.m4s").status_code == 404

@@ -117,11 +117,13 @@ def test_create_start_publish_watch_stop(
 
     first = segments_in(text)[0]
     seg = server.stream.get(f"/hls/{sid}/{first}")
-    assert seg.status_code == 200 and seg.headers["content-type"] == "video/mp2t"
+    assert seg.status_code == 200 and seg.headers["content-type"] == "video/mp4"
     assert "max-age" in seg.headers["cache-control"]
-    assert seg.content[0] == 0x47 and seg.content[188] == 0x47  # MPEG-TS sync bytes
-    (tmp_path / "seg.ts").write_bytes(seg.content)
-    info = probe(tmp_path / "seg.ts")
+    assert seg.content[4:8] == b"moof"  # fMP4 fragments, playable after the run's init
+    init = server.stream.get(f"/hls/{sid}/init_1.mp4")
+    assert init.status_code == 200 and init.content[4:8] == b"ftyp"
+    (tmp_path / "seg.mp4").write_bytes(init.content + seg.content)
+    info = probe(tmp_path / "seg.mp4")
     assert info.video == "h264" and info.audio == "aac" and (info.width, info.height) == (640, 360)
 
     detail = server.main.get(f"/api/streams/{sid}", headers=bearer(token)).json()
@@ -224,9 +226,12 @@ def test_publisher_drop_and_return_continues_the_playlist(
         message="a discontinuity",
     )
     assert media_sequence(after) >= media_sequence(before)
-    numbers = [int(name.split("_")[1].split(".")[0]) for name in segments_in(after)]
+    # seg_<run>_<msn>.m4s: the MSN keeps counting, the run (publisher session) goes up by one
+    numbers = [int(name.split("_")[2].split(".")[0]) for name in segments_in(after)]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
-    assert max(numbers) > max(int(n.split("_")[1].split(".")[0]) for n in segments_in(before))
+    assert max(numbers) > max(int(n.split("_")[2].split(".")[0]) for n in segments_in(before))
+    assert any(name.startswith("seg_2_") for name in segments_in(after))
+    assert '#EXT-X-MAP:URI="init_2.mp4"' in after
     server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
 
 

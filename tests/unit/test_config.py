@@ -45,6 +45,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_AUTH__JWT_SECRET": "short"}, "auth.jwt_secret"),
         ({"STREAMPLAT_INGEST__PORT_MIN": "20000", "STREAMPLAT_INGEST__PORT_MAX": "10000"}, "ingest.port_min"),
         ({"STREAMPLAT_LOGGING__FORMAT": "xml"}, "logging.format"),
+        ({"STREAMPLAT_INGEST__PART_SECONDS": "0.05"}, "ingest.part_seconds"),
+        ({"STREAMPLAT_INGEST__PART_SECONDS": "1.5"}, "at most segment_seconds"),
+        ({"STREAMPLAT_INGEST__MEMORY_SEGMENTS": "3"}, "ingest.memory_segments"),
+        ({"STREAMPLAT_INGEST__LOW_LATENCY": "maybe"}, "ingest.low_latency"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], needle: str) -> None:

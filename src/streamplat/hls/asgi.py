@@ -87,7 +87,8 @@ class HlsFastPath:
         answer: tuple[int, Blob] | None
         if name == PLAYLIST:
             answer = await self._playlist(stream, raw.get("query_string", b"").decode("latin-1"))
-            self._touch(stream.stream_id, raw)
+            if answer[0] == 200:
+                self._touch(stream.stream_id, raw)
         elif match := _PART.fullmatch(name):
             answer = await self._part(stream, int(match.group(1)), int(match.group(2)))
             if answer[0] == 200:

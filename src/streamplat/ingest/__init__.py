@@ -1,4 +1,5 @@
-"""Ingest: SRT listeners (one FFmpeg per live stream) that remux publishers into live HLS.
+"""Ingest: SRT listeners (one FFmpeg per live stream) that remux publishers into fMP4 for the
+LL-HLS packager (`streamplat.hls`). The MPEG-TS helpers remain for streams recorded before.
 
 Other domains use only these names and the ingest events in `streamplat.events`.
 """
@@ -6,6 +7,7 @@ Other domains use only these names and the ingest events in `streamplat.events`.
 from streamplat.ingest.ffmpeg import (
     PLAYLIST_NAME,
     Progress,
+    build_fmp4_argv,
     build_listener_argv,
     listener_input_list,
     parse_progress_block,
@@ -32,6 +34,7 @@ __all__ = [
     "ListenerAlreadyRunning",
     "Progress",
     "SupervisorClosed",
+    "build_fmp4_argv",
     "build_listener_argv",
     "finalise_playlist",
     "listener_input_list",

@@ -284,3 +284,22 @@ def test_ts_duration_comes_from_first_and_last_timestamps() -> None:
     assert ts_duration_seconds(data) == pytest.approx(1.5)
     assert ts_duration_seconds(data + b"\x47\x00") == pytest.approx(1.5)  # truncated tail
     assert ts_duration_seconds(b"\xff" * 188) is None
+
+
+def test_fmp4_argv_writes_fragmented_mp4_to_stdout() -> None:
+    from streamplat.ingest import build_fmp4_argv
+
+    argv = build_fmp4_argv(ffmpeg_binary="ffmpeg", input_list="/run/l.ffconcat", port=10001, part_seconds=0.2)
+    assert argv[0] == "ffmpeg" and argv[-1] == "pipe:1"
+    flags = argv[argv.index("-movflags") + 1].split("+")
+    # delay_moov: the AAC esds gets its AudioSpecificConfig (hls.js needs the mp4a.40.2 codec)
+    assert set(flags) == {"empty_moov", "default_base_moof", "frag_keyframe", "delay_moov"}
+    assert argv[argv.index("-frag_duration") + 1] == "200000"
+    assert argv[argv.index("-bsf:a") + 1] == "aac_adtstoasc"
+    assert argv[argv.index("-i") + 1] == "/run/l.ffconcat"  # the key stays in the 0600 file
+    assert "0:v?" in argv and "0:a?" in argv and "copy" in argv
+    no_bsf = build_fmp4_argv(ffmpeg_binary="ffmpeg", input_list="l", port=1, aac_bsf=False)
+    assert "-bsf:a" not in no_bsf
+    for bad in ({"port": 0}, {"port": 70000}, {"port": 1, "part_seconds": 0}):
+        with pytest.raises(ValueError):
+            build_fmp4_argv(ffmpeg_binary="ffmpeg", input_list="l", **bad)  # type: ignore[arg-type]
