@@ -30,9 +30,13 @@ Measured (select with --only; names in brackets):
   [cpu]       the server process's CPU time with one stream vs idle, next to the FFmpeg
               remuxer's own CPU (streamplat's child and the reference's `-f hls` FFmpeg).
 
+--latency-runs N loads the pages N times (hls.js's start position, and so the latency, varies
+per load; within a load it barely moves); --watch-page adds the built-in watch page's settings.
+
 Everything shares this machine's cores: absolute numbers move with what else runs; each line
-prints its reference from the same run. The player simulator is one asyncio process with raw
-protocol connections (bodies counted, not kept); its CPU share is printed with its results.
+prints its reference from the same run. The player simulator is one asyncio process (uvloop
+when installed) with raw buffered-protocol connections (bodies counted, not kept); its CPU
+share is printed with its results, as is the server's.
 """
 
 from __future__ import annotations
