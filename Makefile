@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	@touch $(STAMP)
 
-system-deps: ## install what the tests need outside Python (Node.js, Chromium, fonts) with apt-get, if missing
+system-deps: ## install what the tests need outside Python (Node.js, Chromium, fonts, nginx) with apt-get, if missing
 	@missing=""; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	test -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
