@@ -16,12 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	@touch $(STAMP)
 
-system-deps: ## install what the tests need outside Python (Node.js, Chromium, fonts, redis-server) with apt-get, if missing
+system-deps: ## install what the tests need outside Python (Node.js, Chromium, fonts, redis-server, nginx) with apt-get, if missing
 	@missing=""; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	test -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -48,6 +49,7 @@ bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/vod_packaging.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/ws_redis.py
+	$(BIN)/python bench/llhls.py  # needs: apt-get install chromium nginx-light wrk
 
 clean: ## remove the virtualenv and caches (not your data directory)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
