@@ -38,6 +38,7 @@ from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.controllers import main_stream_router, stream_app_router
 from streamplat.vod import RecordingService
 from streamplat.vod.controllers import vod_router
+from streamplat.vod.objectstore import ObjectStore
 from streamplat.web import web_router
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class Platform:
                 self.bus,
             )
         )
+        store = await self._open_object_store()
         # Recordings start before streams and stop after them: streams stopped at shutdown
         # still get their recording rows queued.
         self.recordings = await self._stack.enter_async_context(
@@ -155,6 +157,7 @@ class Platform:
                 s.recordings_path,
                 workers=s.vod.workers,
                 job_timeout_seconds=s.vod.job_timeout_seconds,
+                store=store,
             )
         )
         # Viewers count while they fetched within the last three segments (at least 6 s), so
@@ -181,6 +184,23 @@ class Platform:
             _safe_url(s.database_url),
             ffmpeg,
         )
+
+    async def _open_object_store(self) -> ObjectStore | None:
+        """The configured object store, checked (ObjectStorageError: the start must fail), or None."""
+        o = self.settings.object_storage
+        if not o.enabled:
+            return None
+        store = ObjectStore(o)
+        await store.open()  # before any worker could try to upload to a store that is not there
+        self._stack.callback(store.close)
+        log.info(
+            "recordings go to object storage: bucket=%s endpoint=%s prefix=%r presign=%ss",
+            o.bucket,
+            store.endpoint,
+            o.key_prefix,
+            o.presign_seconds,
+        )
+        return store
 
     async def health(self) -> tuple[str | None, str | None]:
         """(problem, warning) as /health reports them, probed at most every HEALTH_CACHE_SECONDS.
