@@ -7,7 +7,9 @@ going away at the wrong moments never costs a recording.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -18,11 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from streamplat.config import ObjectStorageSettings
+from streamplat.vod.objectstore import ObjectStorageError, ObjectStore
 from tests.integration.test_auth import assert_error, bearer
 from tests.integration.test_streams import LIVE_ENV
 from tests.integration.test_vod import _fake_session, _good_segments, record, recording, top_level_boxes
 from tests.support.media import Publisher, decode_errors, probe, wait_for
-from tests.support.s3 import MotoServer, running_moto
+from tests.support.s3 import CREDENTIALS, MotoServer, running_moto
 from tests.support.server import ServerProcess, make_server, running_server
 
 BUCKET = "streamplat-recordings"
@@ -143,6 +147,7 @@ def test_recording_is_stored_in_the_bucket_and_served_by_redirect(
     assert httpx.get(location).status_code == 404
     assert_error(server.vod.get(rec["file_path"]), 404)
     assert_error(server.vod.get(f"/api/v1/recordings/{sid}"), 404)
+    assert_error(server.vod.delete(f"/api/v1/recordings/{sid}", headers=bearer(token)), 404)
 
 
 def test_store_down_keeps_the_files_says_why_and_recovers(server: ServerProcess, moto: MotoServer) -> None:
@@ -282,3 +287,71 @@ def test_unusable_store_at_start_is_a_clear_error(moto: MotoServer, tmp_path: Pa
         assert "streamplat-test-secret" not in srv.logs()
     finally:
         assert srv.stop() == 0
+
+
+def test_multipart_upload_is_confirmed_by_size_and_etag(moto: MotoServer, tmp_path: Path) -> None:
+    mib = 1 << 20
+    settings = ObjectStorageSettings(
+        endpoint_url=moto.endpoint,
+        bucket=BUCKET,
+        key_prefix="direct/",
+        multipart_threshold_bytes=5 * mib,
+        multipart_chunk_bytes=5 * mib,
+    )
+    store = ObjectStore(settings, CREDENTIALS)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(12 * mib + 12345))  # three parts, the last one short
+
+    async def scenario() -> None:
+        await store.open()
+        stored = await store.upload(big, store.key("s", "video.mp4"), "video/mp4")
+        assert stored.size == big.stat().st_size and stored.etag.endswith("-3")
+        # A HEAD that disagrees with the local file is a failed upload, never a confirmed one.
+        with pytest.raises(ObjectStorageError, match="corrupted"):
+            await asyncio.to_thread(store._confirm_sync, stored.key, stored.size, "0" * 32 + "-3")
+        with pytest.raises(ObjectStorageError, match="instead of"):
+            await asyncio.to_thread(store._confirm_sync, stored.key, stored.size + 1, stored.etag)
+
+    try:
+        asyncio.run(scenario())
+        data = moto.client().get_object(Bucket=BUCKET, Key="direct/s/video.mp4")["Body"].read()
+        assert data == big.read_bytes()
+        url = store.presigned_url("direct/s/video.mp4")
+        tail = httpx.get(url, headers={"Range": "bytes=-1000"})
+        assert tail.status_code == 206 and tail.content == data[-1000:]
+        assert httpx.head(store.presigned_url("direct/s/video.mp4", head=True)).status_code == 200
+    finally:
+        store.close()
+
+
+def test_local_recordings_stay_served_when_the_store_is_configured_later(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    srv = make_server(tmp_path).start()  # no object storage yet
+    try:
+        token = srv.user_token("s3later")
+        local_sid = _fake_session(srv, token, _good_segments)
+        assert wait_status(srv, local_sid, "ready")["storage"] == "local"
+        local_bytes = srv.vod.get(f"/api/v1/recordings/{local_sid}/video").content
+        assert srv.stop() == 0
+        srv.env.update(moto.server_env(BUCKET))
+        srv.start()
+        token = srv.login("s3later")["access_token"]
+        r = srv.vod.get(f"/api/v1/recordings/{local_sid}/video")
+        assert r.status_code == 200 and r.content == local_bytes  # still from the disk
+        stored_sid = _fake_session(srv, token, _good_segments)
+        assert wait_status(srv, stored_sid, "ready")["storage"] == "object_storage"
+        assert srv.vod.get(f"/api/v1/recordings/{stored_sid}/video").status_code == 302
+        # Without the store configured, a stored recording says why it cannot be served.
+        assert srv.stop() == 0
+        for key in [k for k in srv.env if k.startswith("STREAMPLAT_OBJECT_STORAGE__")]:
+            del srv.env[key]
+        srv.start()
+        assert_error(srv.vod.get(f"/api/v1/recordings/{stored_sid}/video"), 503, "not configured")
+        assert srv.vod.get(f"/api/v1/recordings/{local_sid}/video").status_code == 200
+        assert_error(
+            srv.vod.delete(f"/api/v1/recordings/{stored_sid}", headers=bearer(token)), 503, "not configured"
+        )
+        assert recording(srv, stored_sid)["status"] == "ready"
+    finally:
+        srv.stop()

@@ -31,7 +31,7 @@ from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
 from streamplat.logs import stream_context
 from streamplat.vod.models import FAILED, LOCAL, OBJECT_STORAGE, PROCESSING, READY, Recording
-from streamplat.vod.objectstore import ObjectStorageError, ObjectStore
+from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, StoredObject
 from streamplat.vod.packaging import PackagedRecording, PackagingError, package_recording
 from streamplat.vod.schemas import Pagination, RecordingDeleted, RecordingList, RecordingOut, RetryStarted
 
@@ -278,9 +278,18 @@ class RecordingService:
         attempt = 0
         while True:
             attempt += 1
-            try:
-                for name, content_type in FILES.items():
-                    stored = await store.upload(out_dir / name, store.key(stream_id, name), content_type)
+            # Both files at once: the thumbnail's round trips hide behind the video's upload.
+            results = await asyncio.gather(
+                *(
+                    store.upload(out_dir / name, store.key(stream_id, name), ctype)
+                    for name, ctype in FILES.items()
+                ),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if not failures:
+                for stored in results:
+                    assert isinstance(stored, StoredObject)
                     log.info(
                         "stream=%s stored %s (%d bytes, ETag %s) in %s",
                         stream_id,
@@ -291,24 +300,26 @@ class RecordingService:
                         extra={"stream_id": stream_id},
                     )
                 return True
-            except ObjectStorageError as exc:
-                if attempt >= s.upload_attempts:
-                    await self._fail(
-                        stream_id,
-                        f"upload to object storage failed after {attempt} attempts: {exc.reason}; "
-                        "the packaged files are kept for a retry",
-                        processing_seconds,
-                    )
-                    return False
-                delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
-                reason = (
-                    f"waiting for object storage: {exc.reason} "
-                    f"(attempt {attempt} of {s.upload_attempts}; next in {delay:.0f} s)"
+            exc = failures[0]
+            if not isinstance(exc, ObjectStorageError):
+                raise exc  # not the store's doing (the local file unreadable): the job crashed
+            if attempt >= s.upload_attempts:
+                await self._fail(
+                    stream_id,
+                    f"upload to object storage failed after {attempt} attempts: {exc.reason}; "
+                    "the packaged files are kept for a retry",
+                    processing_seconds,
                 )
-                log.warning("stream=%s %s", stream_id, reason, extra={"stream_id": stream_id})
-                if not await self._set_reason(stream_id, reason):
-                    return False
-                await asyncio.sleep(delay)
+                return False
+            delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
+            reason = (
+                f"waiting for object storage: {exc.reason} "
+                f"(attempt {attempt} of {s.upload_attempts}; next in {delay:.0f} s)"
+            )
+            log.warning("stream=%s %s", stream_id, reason, extra={"stream_id": stream_id})
+            if not await self._set_reason(stream_id, reason):
+                return False
+            await asyncio.sleep(delay)
 
     async def _set_reason(self, stream_id: str, reason: str) -> bool:
         async with self._sessions() as session:
