@@ -45,6 +45,7 @@ typecheck: $(STAMP) ## mypy --strict on src/
 bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/ingest_latency.py
 	$(BIN)/python bench/vod_packaging.py
+	$(BIN)/python bench/object_storage.py
 	$(BIN)/python bench/api.py
 
 clean: ## remove the virtualenv and caches (not your data directory)

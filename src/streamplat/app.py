@@ -244,7 +244,7 @@ class Platform:
 
     def health_warning(self) -> str | None:
         """None when nothing is held back, else why the platform is degraded (it still serves)."""
-        return self.storage_problem()
+        return self.storage_problem() or self.recordings.upload_problem
 
     def free_disk_bytes(self) -> int | None:
         """Free bytes on the data directory's file system (None if it cannot be read)."""

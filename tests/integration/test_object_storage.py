@@ -170,9 +170,16 @@ def test_store_down_keeps_the_files_says_why_and_recovers(server: ServerProcess,
         assert (local / "thumbnail.jpg").is_file()
         assert (server.data_dir / "hls" / sid).is_dir()
         assert_error(server.vod.get(rec["file_path"]), 409)
+        health = wait_for(
+            lambda: (h := server.vod.get("/health").json())["status"] == "degraded" and h,
+            10,
+            message="degraded",
+        )
+        assert "recordings wait for object storage" in health["reason"] and moto.endpoint in health["reason"]
     finally:
         ensure_up(moto)
     rec = wait_status(server, sid, "ready")
+    wait_for(lambda: server.vod.get("/health").json()["status"] == "healthy", 10, message="healthy again")
     assert rec["storage"] == "object_storage" and rec["status_reason"] is None
     s3 = moto.client()
     assert {f"recordings/{sid}/video.mp4", f"recordings/{sid}/thumbnail.jpg"} <= keys(s3)

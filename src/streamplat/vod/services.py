@@ -72,6 +72,7 @@ class RecordingService:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._draining = False
         self._store = store
+        self._upload_problem: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class RecordingService:
             )
             failures = [r for r in results if isinstance(r, BaseException)]
             if not failures:
+                self._upload_problem = None
                 for stored in results:
                     assert isinstance(stored, StoredObject)
                     log.info(
@@ -303,6 +305,7 @@ class RecordingService:
             exc = failures[0]
             if not isinstance(exc, ObjectStorageError):
                 raise exc  # not the store's doing (the local file unreadable): the job crashed
+            self._upload_problem = f"recordings wait for object storage: {exc.reason}"
             if attempt >= s.upload_attempts:
                 await self._fail(
                     stream_id,
@@ -342,6 +345,11 @@ class RecordingService:
             await session.commit()
         log.error("stream=%s recording failed: %s", stream_id, reason, extra={"stream_id": stream_id})
         await self._bus.publish(RecordingFailed(stream_id, user_id, reason, processing_seconds))
+
+    @property
+    def upload_problem(self) -> str | None:
+        """Why the last upload to object storage failed, until one succeeds (for /health); else None."""
+        return self._upload_problem
 
     # --- queries and commands --------------------------------------------------------------------
 
