@@ -323,10 +323,12 @@ def test_multipart_upload_is_confirmed_by_size_and_etag(moto: MotoServer, tmp_pa
         asyncio.run(scenario())
         data = moto.client().get_object(Bucket=BUCKET, Key="direct/s/video.mp4")["Body"].read()
         assert data == big.read_bytes()
-        url = store.presigned_url("direct/s/video.mp4")
+        url = asyncio.run(store.presigned_url("direct/s/video.mp4"))
         tail = httpx.get(url, headers={"Range": "bytes=-1000"})
         assert tail.status_code == 206 and tail.content == data[-1000:]
-        assert httpx.head(store.presigned_url("direct/s/video.mp4", head=True)).status_code == 200
+        assert httpx.head(store.presign_now("direct/s/video.mp4", head=True)).status_code == 200
+        # Reused while half its life is left: one signature per recording, not per play.
+        assert asyncio.run(store.presigned_url("direct/s/video.mp4")) == url
     finally:
         store.close()
 

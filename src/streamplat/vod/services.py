@@ -438,7 +438,7 @@ class RecordingService:
                 raise ServiceUnavailable(
                     "Recording is kept in object storage, which is not configured on this server"
                 )
-            return self._store.presigned_url(self._store.key(stream_id, name), head=head)
+            return await self._store.presigned_url(self._store.key(stream_id, name), head=head)
         path = self._vod_root / stream_id / name
         if not path.is_file():
             raise NotFound("Recording file not found")
