@@ -364,3 +364,52 @@ def test_local_recordings_stay_served_when_the_store_is_configured_later(
         assert recording(srv, stored_sid)["status"] == "ready"
     finally:
         srv.stop()
+
+
+def test_store_killed_in_the_middle_of_a_multipart_upload(moto: MotoServer, tmp_path: Path) -> None:
+    mib = 1 << 20
+    settings = ObjectStorageSettings(
+        endpoint_url=moto.endpoint,
+        bucket=BUCKET,
+        key_prefix="killed/",
+        multipart_threshold_bytes=5 * mib,
+        multipart_chunk_bytes=5 * mib,
+        max_concurrency=1,  # one part at a time: the kill lands between parts
+    )
+    store = ObjectStore(settings, CREDENTIALS)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(60 * mib))
+    log_start = moto.log_path.stat().st_size
+
+    def part_received() -> bool:
+        with moto.log_path.open("rb") as f:
+            f.seek(log_start)
+            return b"partNumber=1" in f.read()
+
+    async def scenario() -> None:
+        await store.open()
+        upload = asyncio.ensure_future(store.upload(big, "killed/v.mp4", "video/mp4"))
+        # Kill the store as soon as it has taken the first part (not timed: the log says when).
+        await asyncio.to_thread(wait_for, part_received, 60, 0.05, "the first part")
+        moto.stop()
+        with pytest.raises(ObjectStorageError, match=f"unreachable at {re.escape(moto.endpoint)}"):
+            await upload
+        assert big.stat().st_size == 60 * mib  # the local file is untouched
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ensure_up(moto)
+        store.close()
+    # The store came back empty (moto keeps nothing): the same upload now completes and confirms.
+    store = ObjectStore(settings, CREDENTIALS)
+
+    async def again() -> None:
+        await store.open()
+        stored = await store.upload(big, "killed/v.mp4", "video/mp4")
+        assert stored.size == 60 * mib and stored.etag.endswith("-12")
+
+    try:
+        asyncio.run(again())
+    finally:
+        store.close()
