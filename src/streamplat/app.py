@@ -244,7 +244,9 @@ class Platform:
 
     def health_warning(self) -> str | None:
         """None when nothing is held back, else why the platform is degraded (it still serves)."""
-        return self.storage_problem() or self.recordings.upload_problem
+        # Before start (or in a unit test) there is no recording service yet.
+        recordings: RecordingService | None = getattr(self, "recordings", None)
+        return self.storage_problem() or (recordings.upload_problem if recordings is not None else None)
 
     def free_disk_bytes(self) -> int | None:
         """Free bytes on the data directory's file system (None if it cannot be read)."""
