@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import LIVE_ENV
 from tests.browser.web import app_url, video_state, wait_until_playing
@@ -43,13 +43,31 @@ def fixture_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServe
 def test_spec_play_vod_and_library_play_a_stored_recording(
     moto: MotoServer, server_factory: Callable[..., ServerProcess], open_page: Callable[..., Page]
 ) -> None:
-    web = server_factory({**LIVE_ENV, **moto.server_env(BUCKET)})
+    web = server_factory(
+        {
+            **LIVE_ENV,
+            **moto.server_env(
+                BUCKET, retry_base_seconds="0.5", retry_max_seconds="1", upload_attempts="1000"
+            ),
+        }
+    )
     token = web.user_token("s3viewer")
-    sid = _fake_session(web, token, _good_segments)
+    page = open_page()
+    # While the store is down, the library says why the recording is not there yet.
+    moto.stop()
+    try:
+        sid = _fake_session(web, token, _good_segments)
+        page.goto(app_url(web, f"/library?play={sid}"))
+        expect(page.locator(".status-reason")).to_contain_text(
+            re.compile(rf"waiting for object storage: .* unreachable at {re.escape(moto.endpoint)}"),
+            timeout=30_000,
+        )
+    finally:
+        moto.start()
+        moto.client().create_bucket(Bucket=BUCKET)
     rec = wait_ready(web, sid)
     assert rec["storage"] == "object_storage"
 
-    page = open_page()
     page.goto(app_url(web, "/"))
     page.evaluate(SPEC_PLAY_VOD, [web.url("vod"), sid])
     video = page.locator("#video").element_handle()
