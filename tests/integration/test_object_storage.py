@@ -413,3 +413,28 @@ def test_store_killed_in_the_middle_of_a_multipart_upload(moto: MotoServer, tmp_
         asyncio.run(again())
     finally:
         store.close()
+
+
+def test_retry_wakes_an_upload_waiting_out_its_backoff(
+    moto: MotoServer, server_factory: Callable[..., ServerProcess]
+) -> None:
+    srv = server_factory(moto.server_env(BUCKET, retry_base_seconds="3000", retry_max_seconds="3000"))
+    token = srv.user_token("s3wake")
+    moto.stop()
+    try:
+        sid = _fake_session(srv, token, _good_segments)
+        rec = wait_for(
+            lambda: "next in 3000 s" in (recording(srv, sid)["status_reason"] or "") and recording(srv, sid),
+            60,
+            message="a long backoff",
+        )
+        assert rec["status"] == "processing"
+    finally:
+        ensure_up(moto)
+    other = srv.user_token("s3wake2")
+    assert_error(srv.vod.post(f"/api/v1/recordings/{sid}/retry", headers=bearer(other)), 403)
+    r = srv.vod.post(f"/api/v1/recordings/{sid}/retry", headers=bearer(token))
+    assert r.status_code == 202 and r.json()["status"] == "processing", r.text
+    rec = wait_status(srv, sid, "ready", timeout=60)  # not 3000 s later
+    assert rec["storage"] == "object_storage"
+    assert_error(srv.vod.post(f"/api/v1/recordings/{sid}/retry", headers=bearer(token)), 409)

@@ -73,6 +73,7 @@ class RecordingService:
         self._draining = False
         self._store = store
         self._upload_problem: str | None = None
+        self._backing_off: dict[str, asyncio.Event] = {}  # uploads waiting to try again; set = now
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -322,7 +323,13 @@ class RecordingService:
             log.warning("stream=%s %s", stream_id, reason, extra={"stream_id": stream_id})
             if not await self._set_reason(stream_id, reason):
                 return False
-            await asyncio.sleep(delay)
+            wake = self._backing_off[stream_id] = asyncio.Event()
+            try:
+                # POST .../retry sets it: "the store is back, try now".
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+            finally:
+                del self._backing_off[stream_id]
 
     async def _set_reason(self, stream_id: str, reason: str) -> bool:
         async with self._sessions() as session:
@@ -495,6 +502,14 @@ class RecordingService:
             # A "processing" row that no worker holds or waits for is stuck (whatever left it so):
             # retrying it is the way out, not a 409.
             busy = stream_id in self._running or stream_id in self._queued
+            waiting = self._backing_off.get(stream_id)
+            if rec.status == PROCESSING and waiting is not None:
+                # An upload waiting for the store to come back: try again now, not after the backoff.
+                waiting.set()
+                log.info("stream=%s upload retried now", stream_id, extra={"stream_id": stream_id})
+                return RetryStarted(
+                    message="Recording upload retried now", stream_id=stream_id, status=PROCESSING
+                )
             if rec.status == READY or (rec.status == PROCESSING and busy):
                 raise Conflict(f"Only failed recordings can be retried (status {rec.status})")
             rec.status = PROCESSING
