@@ -47,6 +47,7 @@ typecheck: $(STAMP) ## mypy --strict on src/
 bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/ingest_latency.py
 	$(BIN)/python bench/vod_packaging.py
+	$(BIN)/python bench/object_storage.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/ws_redis.py
 	$(BIN)/python bench/llhls.py  # needs: apt-get install chromium nginx-light wrk

@@ -43,6 +43,7 @@ from streamplat.streams.controllers import main_stream_router, stream_app_router
 from streamplat.streams.viewers import ViewerCounter, viewer_key
 from streamplat.vod import RecordingService
 from streamplat.vod.controllers import vod_router
+from streamplat.vod.objectstore import ObjectStore
 from streamplat.web import web_router
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Platform:
                 self.bus,
             )
         )
+        store = await self._open_object_store()
         # Recordings start before streams and stop after them: streams stopped at shutdown
         # still get their recording rows queued.
         self.recordings = await self._stack.enter_async_context(
@@ -172,6 +174,7 @@ class Platform:
                 s.recordings_path,
                 workers=s.vod.workers,
                 job_timeout_seconds=s.vod.job_timeout_seconds,
+                store=store,
             )
         )
         # Viewers count while they fetched within the last three segments (at least 6 s), so
@@ -228,6 +231,23 @@ class Platform:
     def _on_remote_stream_changed(self, event: StreamChanged) -> None:
         self.streams.forget_row(event.stream_id)
 
+    async def _open_object_store(self) -> ObjectStore | None:
+        """The configured object store, checked (ObjectStorageError: the start must fail), or None."""
+        o = self.settings.object_storage
+        if not o.enabled:
+            return None
+        store = ObjectStore(o)
+        await store.open()  # before any worker could try to upload to a store that is not there
+        self._stack.callback(store.close)
+        log.info(
+            "recordings go to object storage: bucket=%s endpoint=%s prefix=%r presign=%ss",
+            o.bucket,
+            store.endpoint,
+            o.key_prefix,
+            o.presign_seconds,
+        )
+        return store
+
     async def health(self) -> tuple[str | None, str | None]:
         """(problem, warning) as /health reports them, probed at most every HEALTH_CACHE_SECONDS.
 
@@ -273,6 +293,10 @@ class Platform:
         problem = self.storage_problem()
         if problem is None and self.redis is not None and not self.redis.up:
             problem = f"redis unreachable at {self.redis.safe_url}: working single-node"
+        if problem is None:
+            # Before start (or in a unit test) there is no recording service yet.
+            recordings: RecordingService | None = getattr(self, "recordings", None)
+            problem = recordings.upload_problem if recordings is not None else None
         return problem
 
     def free_disk_bytes(self) -> int | None:

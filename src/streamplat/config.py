@@ -97,6 +97,46 @@ class VodSettings(_Section):
     job_timeout_seconds: float = 3600.0
 
 
+class ObjectStorageSettings(_Section):
+    """S3-compatible storage for finished recordings; off (local disk) while `bucket` is empty.
+
+    Credentials never live in the config file: they are read from the environment variables
+    named here (AWS's usual names by default), else from boto3's own chain (~/.aws, instance
+    roles).
+    """
+
+    endpoint_url: str = ""  # e.g. http://127.0.0.1:9000 for MinIO; empty = AWS's regional endpoint
+    # What viewers' players are redirected to, when it differs from endpoint_url (a MinIO
+    # reached as http://minio:9000 inside, https://media.example.com outside). Empty = endpoint_url.
+    public_endpoint_url: str = ""
+    bucket: str = ""
+    region: str = "us-east-1"
+    key_prefix: str = "recordings/"
+    addressing_style: Literal["path", "virtual", "auto"] = "path"  # path for MinIO
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    presign_seconds: int = 3600  # how long a redirect URL to a video or thumbnail stays valid
+    create_bucket: bool = False  # create a missing bucket at start instead of refusing to start
+    multipart_threshold_bytes: int = 16 * 1_048_576
+    multipart_chunk_bytes: int = 16 * 1_048_576
+    max_concurrency: int = 8  # parts of one file uploaded at once
+    # Upload attempts of one recording before it is marked failed (POST .../retry starts over);
+    # the wait between attempts doubles from retry_base_seconds up to retry_max_seconds.
+    upload_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 120.0
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 60.0
+    # Compare the stored object's ETag with the MD5 computed while uploading. Turn off only for
+    # stores whose ETag is not an MD5 (AWS SSE-KMS); the size is checked in any case.
+    verify_etag: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether recordings go to object storage (a bucket is configured)."""
+        return bool(self.bucket)
+
+
 class WebsocketSettings(_Section):
     queue_size: int = 100
     auth_timeout_seconds: float = 5.0
@@ -132,6 +172,7 @@ class Settings(_Section):
     ffmpeg: FFmpegSettings = msgspec.field(default_factory=FFmpegSettings)
     ingest: IngestSettingsSection = msgspec.field(default_factory=IngestSettingsSection)
     vod: VodSettings = msgspec.field(default_factory=VodSettings)
+    object_storage: ObjectStorageSettings = msgspec.field(default_factory=ObjectStorageSettings)
     websocket: WebsocketSettings = msgspec.field(default_factory=WebsocketSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
@@ -282,6 +323,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("vod.workers: must be between 1 and 16")
     if settings.vod.job_timeout_seconds <= 0:
         raise ConfigError("vod.job_timeout_seconds: must be more than 0")
+    _validate_object_storage(settings.object_storage)
     w = settings.websocket
     if not 1 <= w.queue_size <= 100_000:
         raise ConfigError("websocket.queue_size: must be between 1 and 100000")
@@ -300,6 +342,40 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"redis.{key}: must be more than 0 and at most 60")
     if not 0.1 <= rd.viewer_flush_seconds <= 10:
         raise ConfigError("redis.viewer_flush_seconds: must be between 0.1 and 10")
+
+
+def _validate_object_storage(o: ObjectStorageSettings) -> None:
+    for key in ("endpoint_url", "public_endpoint_url"):
+        url = getattr(o, key)
+        if url and (not url.startswith(("http://", "https://")) or "@" in url):
+            raise ConfigError(
+                f"object_storage.{key}: {url!r} must be an http(s):// URL without credentials"
+                " (credentials come from the environment)"
+            )
+    if o.public_endpoint_url and not o.endpoint_url:
+        raise ConfigError("object_storage.public_endpoint_url: needs object_storage.endpoint_url too")
+    if o.bucket and (not 3 <= len(o.bucket) <= 63 or any(c in o.bucket for c in "/ ?#")):
+        raise ConfigError(f"object_storage.bucket: {o.bucket!r} is not an S3 bucket name")
+    if o.key_prefix.startswith("/") or ".." in o.key_prefix.split("/"):
+        raise ConfigError("object_storage.key_prefix: must not start with / or contain ..")
+    if not 1 <= o.presign_seconds <= 7 * 24 * 3600:
+        raise ConfigError("object_storage.presign_seconds: must be between 1 and 604800 (7 days, S3's limit)")
+    if not 5 * 1_048_576 <= o.multipart_chunk_bytes <= 5 * 1024**3:
+        raise ConfigError(
+            "object_storage.multipart_chunk_bytes: must be between 5 MiB and 5 GiB (S3's part limits)"
+        )
+    if o.multipart_threshold_bytes < o.multipart_chunk_bytes:
+        raise ConfigError("object_storage.multipart_threshold_bytes: must be at least multipart_chunk_bytes")
+    if not 1 <= o.max_concurrency <= 64:
+        raise ConfigError("object_storage.max_concurrency: must be between 1 and 64")
+    if not 1 <= o.upload_attempts <= 1000:
+        raise ConfigError("object_storage.upload_attempts: must be between 1 and 1000")
+    if not 0 < o.retry_base_seconds <= o.retry_max_seconds:
+        raise ConfigError(
+            "object_storage.retry_base_seconds: must be more than 0 and at most retry_max_seconds"
+        )
+    if o.connect_timeout_seconds <= 0 or o.read_timeout_seconds <= 0:
+        raise ConfigError("object_storage.connect_timeout_seconds/read_timeout_seconds: must be more than 0")
 
 
 def load(

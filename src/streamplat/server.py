@@ -29,6 +29,7 @@ from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
 from streamplat.protocols import http_protocol
+from streamplat.vod.objectstore import ObjectStorageError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,11 @@ async def serve(settings: Settings) -> None:
             held.enter_context(datadir.exclusive(settings.data_path, "serve"))
         except datadir.DataDirInUse as exc:
             raise StartupError(str(exc)) from None
-        await _serve(settings)
+        try:
+            await _serve(settings)
+        except ObjectStorageError as exc:
+            # Only the start-up check lets this out: uploads handle their own failures.
+            raise StartupError(exc.reason) from None
 
 
 async def _serve(settings: Settings) -> None:

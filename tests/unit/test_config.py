@@ -69,3 +69,30 @@ def test_default_database_lives_in_the_data_dir(tmp_path: Path) -> None:
 
 def test_redis_is_off_by_default() -> None:
     assert load(None, environ={}).redis.url == ""
+
+
+def test_object_storage_is_off_by_default_and_validated() -> None:
+    assert not load(None, environ={}).object_storage.enabled
+    on = load(
+        None,
+        environ={
+            "STREAMPLAT_OBJECT_STORAGE__BUCKET": "recordings",
+            "STREAMPLAT_OBJECT_STORAGE__ENDPOINT_URL": "http://127.0.0.1:9000",
+        },
+    )
+    assert on.object_storage.enabled and on.object_storage.addressing_style == "path"
+    bad = {
+        "ENDPOINT_URL": ("ftp://store", "object_storage.endpoint_url"),
+        "BUCKET": ("a/b", "object_storage.bucket"),
+        "PRESIGN_SECONDS": ("0", "object_storage.presign_seconds"),
+        "MULTIPART_CHUNK_BYTES": ("1000", "object_storage.multipart_chunk_bytes"),
+        "UPLOAD_ATTEMPTS": ("0", "object_storage.upload_attempts"),
+        "KEY_PREFIX": ("/abs/", "object_storage.key_prefix"),
+        "ADDRESSING_STYLE": ("sideways", "object_storage.addressing_style"),
+    }
+    for key, (value, needle) in bad.items():
+        with pytest.raises(ConfigError, match=needle):
+            load(None, environ={f"STREAMPLAT_OBJECT_STORAGE__{key}": value})
+    # Credentials belong in the environment, never in a URL of the config.
+    with pytest.raises(ConfigError, match="without credentials"):
+        load(None, environ={"STREAMPLAT_OBJECT_STORAGE__ENDPOINT_URL": "http://key:secret@minio:9000"})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, Router, delete, get, post, route
+from litestar import MediaType, Request, Response, Router, delete, get, post, route
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
+from litestar.response import Redirect
 
 from streamplat.auth import Principal, optional_principal, provide_principal, requires_login
 from streamplat.errors import NotFound, responses
@@ -23,6 +25,15 @@ from streamplat.vod.schemas import (
 from streamplat.vod.services import RecordingService
 
 FILE_HEADERS = {"Cache-Control": "public, max-age=300"}
+# A redirect to a presigned URL must not be reused after the URL expires; caches keep it a minute.
+REDIRECT_HEADERS = {"Cache-Control": "private, max-age=60"}
+REDIRECT_RESPONSE = {
+    302: ResponseSpec(
+        data_container=None,
+        description="Kept in object storage: Location is a presigned URL of the object (Range works there)",
+        generate_examples=False,
+    )
+}
 Caller = NamedDependency[Principal]
 Recordings = NamedDependency[RecordingService]
 
@@ -76,7 +87,12 @@ async def _serve(
     request: Request[Any, Any, Any], recordings: RecordingService, stream_id: str, name: str, media_type: str
 ) -> Response[Any]:
     await _accept_optional_token(request)
-    path = await recordings.media_file(_checked(stream_id), name)
+    path = await recordings.media_file(_checked(stream_id), name, head=request.method == "HEAD")
+    if isinstance(path, str):
+        # Kept in object storage: the store serves the bytes (and byte ranges) itself. 302, which
+        # every player and <video>/<img> follows, as GET (a HEAD gets a URL signed for HEAD).
+        # The route's media type (video/mp4) does not fit an empty redirect body.
+        return Redirect(path, status_code=302, headers=REDIRECT_HEADERS, media_type=MediaType.TEXT)
     response = file_response(request, path, media_type)
     response.headers.update(FILE_HEADERS)
     return response
@@ -86,12 +102,15 @@ async def _serve(
     ["/api/v1/recordings/{stream_id:str}/video", "/recordings/vod/{stream_id:str}/video.mp4"],
     http_method=["GET", "HEAD"],
     media_type="video/mp4",
-    responses={**responses(401, 404, 409, 416), **file_responses("video/mp4")},
+    responses={**responses(401, 404, 409, 416, 503), **file_responses("video/mp4"), **REDIRECT_RESPONSE},
 )
 async def recording_video(
     request: Request[Any, Any, Any], stream_id: StreamIdPath, recordings: Recordings
 ) -> Response[bytes]:
-    """The MP4, also at the recording's file_path (byte ranges supported, so players can seek)."""
+    """The MP4, also at the recording's file_path (byte ranges supported, so players can seek).
+
+    A recording kept in object storage answers 302 to a presigned URL of the object instead.
+    """
     return await _serve(request, recordings, stream_id, "video.mp4", "video/mp4")
 
 
@@ -99,7 +118,7 @@ async def recording_video(
     ["/api/v1/recordings/{stream_id:str}/thumbnail", "/recordings/vod/{stream_id:str}/thumbnail.jpg"],
     http_method=["GET", "HEAD"],
     media_type="image/jpeg",
-    responses={**responses(401, 404, 409, 416), **file_responses("image/jpeg")},
+    responses={**responses(401, 404, 409, 416, 503), **file_responses("image/jpeg"), **REDIRECT_RESPONSE},
 )
 async def recording_thumbnail(
     request: Request[Any, Any, Any], stream_id: StreamIdPath, recordings: Recordings
@@ -112,7 +131,7 @@ async def recording_thumbnail(
     "/api/v1/recordings/{stream_id:str}",
     status_code=200,
     guards=[requires_login],
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 503),
 )
 async def delete_recording(
     stream_id: StreamIdPath, principal: Caller, request: Request[Any, Any, Any]

@@ -11,6 +11,8 @@ from streamplat.db import Base, UTCDateTime, utcnow
 
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
 RECORDING_STATUSES = (PROCESSING, READY, FAILED)
+# Where a ready recording's files are: the local disk, or the configured object store.
+LOCAL, OBJECT_STORAGE = "local", "object_storage"
 
 
 class Recording(Base):
@@ -29,6 +31,9 @@ class Recording(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why a "processing" recording waits (e.g. the object store is unreachable); None otherwise.
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    storage: Mapped[str] = mapped_column(String(16), default=LOCAL, server_default=LOCAL)
     media_dir: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -25,6 +25,9 @@ class RecordingOut(msgspec.Struct):
     width: int | None
     height: int | None
     error: str | None
+    # Additions: why a "processing" recording waits, and where a recording's files are kept.
+    status_reason: str | None = None
+    storage: Literal["local", "object_storage"] = "local"
 
 
 class Pagination(msgspec.Struct):

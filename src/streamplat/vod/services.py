@@ -5,6 +5,12 @@ The row exists, status "processing", as soon as the stream stops: StreamService 
 event handler can leave a stopped stream without its recording. A fixed number of workers run packaging jobs
 from a queue; a job interrupted by a crash or shutdown is still "processing" in the database
 and is queued again at start-up. A failed job keeps its source so it can be retried.
+
+With an object store configured, a packaged recording is uploaded before it becomes "ready":
+the local files go only once the store has confirmed both objects. While the store cannot be
+reached the recording stays "processing" with the reason in `status_reason`, and the upload is
+retried with a doubling backoff (object_storage.upload_attempts times, then "failed"; a retry
+uploads the files already packaged, without packaging again). A restart resumes the upload too.
 """
 
 from __future__ import annotations
@@ -21,16 +27,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth import Principal, User
 from streamplat.db import isoformat
-from streamplat.errors import Conflict, Forbidden, NotFound
+from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
 from streamplat.logs import stream_context
-from streamplat.vod.models import FAILED, PROCESSING, READY, Recording
-from streamplat.vod.packaging import PackagingError, package_recording
+from streamplat.vod.models import FAILED, LOCAL, OBJECT_STORAGE, PROCESSING, READY, Recording
+from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, StoredObject
+from streamplat.vod.packaging import PackagedRecording, PackagingError, package_recording
 from streamplat.vod.schemas import Pagination, RecordingDeleted, RecordingList, RecordingOut, RetryStarted
 
 log = logging.getLogger(__name__)
 
 _STOP = ""  # queue sentinel: a worker that takes it exits
+# The files of a recording, with the content type they are stored and served with.
+FILES = {"video.mp4": "video/mp4", "thumbnail.jpg": "image/jpeg"}
 
 
 def web_path(stream_id: str, name: str) -> str:
@@ -49,6 +58,7 @@ class RecordingService:
         recordings_root: Path,
         workers: int = 2,
         job_timeout_seconds: float = 3600.0,
+        store: ObjectStore | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -61,6 +71,9 @@ class RecordingService:
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._draining = False
+        self._store = store
+        self._upload_problem: str | None = None
+        self._backing_off: dict[str, asyncio.Event] = {}  # uploads waiting to try again; set = now
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -176,40 +189,51 @@ class RecordingService:
             rec.attempts += 1
             await session.commit()
             media_dir, user_id = Path(rec.media_dir), rec.user_id
-        out_dir = self._vod_root / stream_id
+            out_dir = self._vod_root / stream_id
+            packaged = _already_packaged(rec, out_dir) if self._store is not None else None
         out_dir.mkdir(parents=True, exist_ok=True)
-        log.info(
-            "stream=%s packaging recording from %s", stream_id, media_dir, extra={"stream_id": stream_id}
-        )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            result = await package_recording(
-                self._ffmpeg, media_dir, out_dir, timeout_seconds=self._job_timeout, stream_id=stream_id
+        if packaged is not None:
+            # Packaged before a restart, an upload failure or a retry: only the upload is left.
+            result = packaged
+            log.info("stream=%s recording already packaged", stream_id, extra={"stream_id": stream_id})
+        else:
+            log.info(
+                "stream=%s packaging recording from %s", stream_id, media_dir, extra={"stream_id": stream_id}
             )
-        except PackagingError as exc:
-            await self._fail(stream_id, exc.reason, loop.time() - started)
-            return
-        async with self._sessions() as session:
-            rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
-            if rec is None:  # deleted while it was being processed
-                await asyncio.to_thread(_remove_trees, out_dir, media_dir)
+            try:
+                result = await package_recording(
+                    self._ffmpeg, media_dir, out_dir, timeout_seconds=self._job_timeout, stream_id=stream_id
+                )
+            except PackagingError as exc:
+                await self._fail(stream_id, exc.reason, loop.time() - started)
                 return
-            rec.status = READY
-            rec.duration_seconds = result.duration_seconds
-            rec.file_size_bytes = result.file_size_bytes
-            rec.width = result.width
-            rec.height = result.height
-            rec.error = None
-            await session.commit()
-        # The MP4 now holds every segment: the live copy is no longer needed.
-        await asyncio.to_thread(_remove_trees, media_dir)
+        if self._store is not None:
+            if packaged is None and not await self._update(
+                stream_id, result, status_reason="uploading to object storage"
+            ):
+                await asyncio.to_thread(_remove_trees, out_dir, media_dir)  # deleted meanwhile
+                return
+            if not await self._upload(stream_id, out_dir, loop.time() - started):
+                return
+        if not await self._update(stream_id, result, status=READY):
+            # Deleted while it was being processed.
+            await asyncio.to_thread(_remove_trees, out_dir, media_dir)
+            if self._store is not None:
+                with contextlib.suppress(ObjectStorageError):
+                    await self._store.delete([self._store.key(stream_id, name) for name in FILES])
+            return
+        # The MP4 now holds every segment (and, with a store, both objects are confirmed there):
+        # the live copy, and the local one, are no longer needed.
+        await asyncio.to_thread(_remove_trees, media_dir, *([out_dir] if self._store is not None else []))
         elapsed = loop.time() - started
         log.info(
-            "stream=%s recording ready: %.1f s, %d bytes, packaged in %.2f s",
+            "stream=%s recording ready: %.1f s, %d bytes, %s in %.2f s",
             stream_id,
             result.duration_seconds,
             result.file_size_bytes,
+            "packaged and stored" if self._store is not None else "packaged",
             elapsed,
             extra={"stream_id": stream_id},
         )
@@ -224,6 +248,98 @@ class RecordingService:
             )
         )
 
+    async def _update(
+        self,
+        stream_id: str,
+        result: PackagedRecording,
+        *,
+        status: str = PROCESSING,
+        status_reason: str | None = None,
+    ) -> bool:
+        """Save a packaged recording's facts (and the new status); False if the row is gone."""
+        async with self._sessions() as session:
+            rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
+            if rec is None:
+                return False
+            rec.status = status
+            rec.duration_seconds = result.duration_seconds
+            rec.file_size_bytes = result.file_size_bytes
+            rec.width = result.width
+            rec.height = result.height
+            rec.error = None
+            rec.status_reason = status_reason
+            if status == READY:
+                rec.storage = OBJECT_STORAGE if self._store is not None else LOCAL
+            await session.commit()
+        return True
+
+    async def _upload(self, stream_id: str, out_dir: Path, processing_seconds: float) -> bool:
+        """Upload both files, retrying with backoff; False if it gave up (recording failed) or was deleted."""
+        assert self._store is not None
+        store, s = self._store, self._store.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            # Both files at once: the thumbnail's round trips hide behind the video's upload.
+            results = await asyncio.gather(
+                *(
+                    store.upload(out_dir / name, store.key(stream_id, name), ctype)
+                    for name, ctype in FILES.items()
+                ),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if not failures:
+                self._upload_problem = None
+                for stored in results:
+                    assert isinstance(stored, StoredObject)
+                    log.info(
+                        "stream=%s stored %s (%d bytes, ETag %s) in %s",
+                        stream_id,
+                        stored.key,
+                        stored.size,
+                        stored.etag,
+                        store.where,
+                        extra={"stream_id": stream_id},
+                    )
+                return True
+            exc = failures[0]
+            if not isinstance(exc, ObjectStorageError):
+                raise exc  # not the store's doing (the local file unreadable): the job crashed
+            self._upload_problem = f"recordings wait for object storage: {exc.reason}"
+            if attempt >= s.upload_attempts:
+                await self._fail(
+                    stream_id,
+                    f"upload to object storage failed after {attempt} attempts: {exc.reason}; "
+                    "the packaged files are kept for a retry",
+                    processing_seconds,
+                )
+                return False
+            delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
+            reason = (
+                f"waiting for object storage: {exc.reason} "
+                f"(attempt {attempt} of {s.upload_attempts}; next in {delay:.0f} s)"
+            )
+            log.warning("stream=%s %s", stream_id, reason, extra={"stream_id": stream_id})
+            if not await self._set_reason(stream_id, reason):
+                return False
+            wake = self._backing_off[stream_id] = asyncio.Event()
+            try:
+                # POST .../retry sets it: "the store is back, try now".
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+            finally:
+                del self._backing_off[stream_id]
+
+    async def _set_reason(self, stream_id: str, reason: str) -> bool:
+        async with self._sessions() as session:
+            rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
+            if rec is None or rec.status != PROCESSING:
+                return False
+            rec.status_reason = reason
+            await session.commit()
+        return True
+
     async def _fail(self, stream_id: str, reason: str, processing_seconds: float | None) -> None:
         async with self._sessions() as session:
             rec = await session.scalar(select(Recording).where(Recording.stream_id == stream_id))
@@ -231,10 +347,16 @@ class RecordingService:
                 return
             rec.status = FAILED
             rec.error = reason
+            rec.status_reason = None
             user_id = rec.user_id
             await session.commit()
         log.error("stream=%s recording failed: %s", stream_id, reason, extra={"stream_id": stream_id})
         await self._bus.publish(RecordingFailed(stream_id, user_id, reason, processing_seconds))
+
+    @property
+    def upload_problem(self) -> str | None:
+        """Why the last upload to object storage failed, until one succeeds (for /health); else None."""
+        return self._upload_problem
 
     # --- queries and commands --------------------------------------------------------------------
 
@@ -268,6 +390,8 @@ class RecordingService:
             width=rec.width,
             height=rec.height,
             error=rec.error,
+            status_reason=rec.status_reason,
+            storage="object_storage" if rec.storage == OBJECT_STORAGE else "local",
         )
 
     async def get_recording(self, stream_id: str) -> RecordingOut:
@@ -304,14 +428,24 @@ class RecordingService:
             pagination=Pagination(limit=limit, offset=offset, has_more=offset + len(rows) < total),
         )
 
-    async def media_file(self, stream_id: str, name: str) -> Path:
-        """The path of a ready recording's video.mp4 or thumbnail.jpg (409 while not ready)."""
+    async def media_file(self, stream_id: str, name: str, *, head: bool = False) -> Path | str:
+        """Where a ready recording's video.mp4 or thumbnail.jpg is (409 while not ready).
+
+        A path on the local disk, or a presigned URL of the object (for HEAD when `head`: the
+        signature covers the method) for recordings kept in object storage.
+        """
         async with self._sessions() as session:
             rec, _ = await self._get(session, stream_id)
         if rec.status == PROCESSING:
             raise Conflict("Recording is still processing; try again shortly")
         if rec.status == FAILED:
             raise Conflict(f"Recording failed: {rec.error}")
+        if rec.storage == OBJECT_STORAGE:
+            if self._store is None:
+                raise ServiceUnavailable(
+                    "Recording is kept in object storage, which is not configured on this server"
+                )
+            return await self._store.presigned_url(self._store.key(stream_id, name), head=head)
         path = self._vod_root / stream_id / name
         if not path.is_file():
             raise NotFound("Recording file not found")
@@ -323,17 +457,41 @@ class RecordingService:
             rec, _ = await self._get(session, stream_id)
             if rec.user_id != actor.id and not actor.is_admin:
                 raise Forbidden("Only the recording's owner or an admin can delete it")
-            media_dir = Path(rec.media_dir)
-            await session.delete(rec)
-            await session.commit()
         job = self._running.get(stream_id)
         if job is not None:
+            # Its upload threads finish before the job ends: no object lands after the delete.
             job.cancel()
+            await asyncio.wait({job})
+        async with self._sessions() as session:
+            rec, _ = await self._get(session, stream_id)
+            media_dir = Path(rec.media_dir)
+            if self._store is not None:
+                await self._delete_objects(stream_id, required=rec.storage == OBJECT_STORAGE)
+            elif rec.storage == OBJECT_STORAGE:
+                raise ServiceUnavailable(
+                    "Recording is kept in object storage, which is not configured on this server"
+                )
+            await session.delete(rec)
+            await session.commit()
         await asyncio.to_thread(_remove_trees, self._vod_root / stream_id, media_dir)
         log.info(
             "stream=%s recording deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id}
         )
         return RecordingDeleted(message="Recording deleted successfully", stream_id=stream_id)
+
+    async def _delete_objects(self, stream_id: str, *, required: bool) -> None:
+        assert self._store is not None
+        try:
+            await self._store.delete([self._store.key(stream_id, name) for name in FILES])
+        except ObjectStorageError as exc:
+            if required:
+                # The row stays, so the objects are not orphaned: the delete can be repeated.
+                raise ServiceUnavailable(
+                    f"Recording not deleted: {exc.reason}; try again later", retry_after=30
+                ) from None
+            # A recording never confirmed in the store may have left a partial upload; nothing
+            # else refers to it.
+            log.warning("stream=%s %s", stream_id, exc.reason, extra={"stream_id": stream_id})
 
     async def retry(self, stream_id: str, actor: Principal) -> RetryStarted:
         """Run a failed (or stuck processing) recording's packaging again (owner or admin)."""
@@ -344,14 +502,44 @@ class RecordingService:
             # A "processing" row that no worker holds or waits for is stuck (whatever left it so):
             # retrying it is the way out, not a 409.
             busy = stream_id in self._running or stream_id in self._queued
+            waiting = self._backing_off.get(stream_id)
+            if rec.status == PROCESSING and waiting is not None:
+                # An upload waiting for the store to come back: try again now, not after the backoff.
+                waiting.set()
+                log.info("stream=%s upload retried now", stream_id, extra={"stream_id": stream_id})
+                return RetryStarted(
+                    message="Recording upload retried now", stream_id=stream_id, status=PROCESSING
+                )
             if rec.status == READY or (rec.status == PROCESSING and busy):
                 raise Conflict(f"Only failed recordings can be retried (status {rec.status})")
             rec.status = PROCESSING
             rec.error = None
+            rec.status_reason = None
             await session.commit()
         self._enqueue(stream_id)
         log.info("stream=%s recording retry queued", stream_id, extra={"stream_id": stream_id})
         return RetryStarted(message="Recording processing restarted", stream_id=stream_id, status=PROCESSING)
+
+
+def _already_packaged(rec: Recording, out_dir: Path) -> PackagedRecording | None:
+    """The row's packaging result when both files are on disk as it recorded them, else None."""
+    video, thumbnail = out_dir / "video.mp4", out_dir / "thumbnail.jpg"
+    if rec.file_size_bytes is None or rec.duration_seconds is None:
+        return None
+    try:
+        if video.stat().st_size != rec.file_size_bytes or not thumbnail.is_file():
+            return None
+    except OSError:
+        return None
+    return PackagedRecording(
+        video_path=video,
+        thumbnail_path=thumbnail,
+        duration_seconds=rec.duration_seconds,
+        file_size_bytes=rec.file_size_bytes,
+        width=rec.width,
+        height=rec.height,
+        has_audio=True,  # not recorded in the row; nothing after packaging reads it
+    )
 
 
 def _remove_trees(*paths: Path) -> None:

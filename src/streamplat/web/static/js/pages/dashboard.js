@@ -221,6 +221,7 @@ function recordingRow(rec) {
       h('span', { class: 'row-meta' }, statusBadge(rec.status),
         ready ? ` ${fmtDuration(rec.duration_seconds)}` : '',
         rec.status === 'failed' && rec.error ? ` ${rec.error}` : '',
+        rec.status === 'processing' && rec.status_reason ? ` ${rec.status_reason}` : '',
         ` · ${timeAgo(rec.created_at)}`))];
   return ready
     ? h('a', { class: 'rec-row', href: `/library?play=${encodeURIComponent(rec.stream_id)}`, dataset: { streamId: rec.stream_id } }, ...content)

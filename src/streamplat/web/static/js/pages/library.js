@@ -74,7 +74,8 @@ export async function render(ctx) {
     } else {
       const state = rec.status === 'failed'
         ? notice(`This recording could not be made${rec.error ? `: ${rec.error}` : '.'}`, 'error')
-        : h('div', { class: 'alert alert-info', role: 'status' }, spinner(), ' This recording is still being prepared; it will play here when it is ready.');
+        : h('div', { class: 'alert alert-info', role: 'status' }, spinner(), ' This recording is still being prepared; it will play here when it is ready.',
+          rec.status_reason ? h('span', { class: 'status-reason' }, ` (${rec.status_reason})`) : '');
       playerSection.replaceChildren(h('div', { class: 'player player-empty' }, state), body);
       if (rec.status === 'processing') waitTimer = setTimeout(() => openById(rec.stream_id), live.connected ? 10_000 : 3000);
     }
