@@ -371,6 +371,8 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
     stream_app = apps["stream"]
     context = stream_app.asgi_handler
     assert isinstance(context, RequestContext)
+    if not platform.settings.logging.hls_access_log:
+        context.quiet_prefix = "/hls/"
     streams = platform.streams
 
     def touch(stream_id: str, host: str | None, agent: str | None) -> None:

@@ -162,6 +162,7 @@ class MetricsSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    hls_access_log: bool = False
 
 
 class Settings(_Section):

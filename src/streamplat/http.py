@@ -59,6 +59,9 @@ class RequestContext:
         self.service = service
         self.observe = observe
         self.allow = allow or {}
+        # Successful requests under this path prefix get no access log line (errors always do):
+        # set for /hls/ unless logging.hls_access_log, because a viewer makes ~10 a second.
+        self.quiet_prefix: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = str(scope["type"])
@@ -108,14 +111,16 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - started
             if kind == "http":
-                access_log.info(
-                    "%s %s %s %.1fms",
-                    raw["method"],
-                    raw["path"],
-                    status,
-                    elapsed * 1000,
-                    extra={"service": self.service},
-                )
+                quiet = self.quiet_prefix
+                if quiet is None or status >= 400 or not raw["path"].startswith(quiet):
+                    access_log.info(
+                        "%s %s %s %.1fms",
+                        raw["method"],
+                        raw["path"],
+                        status,
+                        elapsed * 1000,
+                        extra={"service": self.service},
+                    )
                 if self.observe is not None:
                     route = raw.get("path_template") or UNMATCHED_ROUTE
                     self.observe(self.service, route, raw["method"], status, elapsed)
