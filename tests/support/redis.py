@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-REDIS_URL = os.environ.get("STREAMPLAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def redis_reachable(url: str = REDIS_URL) -> bool:
@@ -35,11 +35,11 @@ def redis_reachable(url: str = REDIS_URL) -> bool:
 
 
 def require_redis() -> None:
-    """Skip (or, with STREAMPLAT_TEST_REQUIRE_REDIS=1 as in CI, fail) when Redis is not there."""
+    """Skip (or, with TEST_REQUIRE_REDIS=1 as in CI, fail) when Redis is not there."""
     if redis_reachable():
         return
-    message = f"Redis is not reachable at {REDIS_URL} (set STREAMPLAT_TEST_REDIS_URL)"
-    if os.environ.get("STREAMPLAT_TEST_REQUIRE_REDIS") == "1":
+    message = f"Redis is not reachable at {REDIS_URL} (set TEST_REDIS_URL)"
+    if os.environ.get("TEST_REQUIRE_REDIS") == "1":
         pytest.fail(message)
     pytest.skip(message)
 
