@@ -28,6 +28,7 @@ from litestar import Litestar
 from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
+from streamplat.db import DatabaseUnreachable
 from streamplat.protocols import http_protocol
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ async def serve(settings: Settings) -> None:
             held.enter_context(datadir.exclusive(settings.data_path, "serve"))
         except datadir.DataDirInUse as exc:
             raise StartupError(str(exc)) from None
-        await _serve(settings)
+        try:
+            await _serve(settings)
+        except DatabaseUnreachable as exc:  # raised only while the platform starts
+            raise StartupError(str(exc)) from None
 
 
 async def _serve(settings: Settings) -> None:

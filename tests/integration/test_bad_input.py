@@ -28,8 +28,8 @@ ENV = {"STREAMPLAT_SERVER__HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT)}
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("badinput"), ENV) as srv:
+def fixture_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("badinput"), ENV, db=db) as srv:
         yield srv
 
 

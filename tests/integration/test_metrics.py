@@ -23,8 +23,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("metrics"), LIVE_ENV) as srv:
+def fixture_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("metrics"), LIVE_ENV, db=db) as srv:
         yield srv
 
 

@@ -43,8 +43,8 @@ LIVE_ENV = {
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("realtime"), LIVE_ENV) as srv:
+def fixture_live_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("realtime"), LIVE_ENV, db=db) as srv:
         yield srv
 
 
