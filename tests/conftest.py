@@ -24,11 +24,7 @@ def fixture_db(request: pytest.FixtureRequest) -> str:
     if db == "postgresql":
         from tests.support import pg
 
-        reason = pg.unavailable_reason()
-        if reason is not None:
-            if pg.REQUIRED:
-                pytest.fail(f"{reason} (STREAMPLAT_TEST_REQUIRE_PG=1)")
-            pytest.skip(reason)
+        pg.require()
     return db
 
 

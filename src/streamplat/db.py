@@ -90,11 +90,18 @@ def create_engine(url: str) -> AsyncEngine:
     # pool_pre_ping: a connection the server dropped (restart, failover, idle timeout) is
     # replaced on checkout instead of failing the request that drew it. A bounded connect
     # timeout: an unreachable host fails the start (and a request) in seconds, not asyncpg's 60.
-    connect_args = {"timeout": CONNECT_TIMEOUT_SECONDS} if url.startswith("postgresql+asyncpg") else {}
+    # application_name: our sessions are named in pg_stat_activity (and can be told apart there).
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql+asyncpg"):
+        connect_args = {
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            "server_settings": {"application_name": APPLICATION_NAME},
+        }
     return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 CONNECT_TIMEOUT_SECONDS = 10
+APPLICATION_NAME = "streamplat"
 
 
 def display_url(url: str) -> str:

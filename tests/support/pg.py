@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import os
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +58,18 @@ def unavailable_reason() -> str | None:
             "set STREAMPLAT_TEST_PG_URL to a server where CREATE DATABASE is allowed"
         )
     return None
+
+
+def require() -> None:
+    """Skip the calling test when PostgreSQL is unreachable; fail it under STREAMPLAT_TEST_REQUIRE_PG=1."""
+    import pytest
+
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if REQUIRED:
+        pytest.fail(f"{reason} (STREAMPLAT_TEST_REQUIRE_PG=1 requires it)")
+    pytest.skip(reason)
 
 
 def create_database() -> tuple[str, str]:
@@ -104,3 +118,46 @@ def query(name: str, sql: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return _run(go)
+
+
+@contextlib.contextmanager
+def holding(name: str, *statements: str) -> Iterator[None]:
+    """Run `statements` in an open transaction on the database `name`, held until the block ends.
+
+    E.g. "LOCK TABLE streams IN ACCESS EXCLUSIVE MODE": the server's queries on that table wait.
+    The transaction is rolled back at the end.
+    """
+    ready = threading.Event()
+    release = threading.Event()
+    failure: list[BaseException] = []
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(database_url(name, "postgresql"), timeout=5)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            for statement in statements:
+                await conn.execute(statement)
+            ready.set()
+            await asyncio.to_thread(release.wait)
+            await tx.rollback()
+        finally:
+            await conn.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(30)
+    if failure:
+        raise failure[0]
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(30)

@@ -143,6 +143,20 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
 
+    def sql(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one SQL statement on this server's database behind its back ("?" placeholders)."""
+        if self.db == "sqlite":
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.data_dir / "streamplat.db")) as conn, conn:
+                return [tuple(row) for row in conn.execute(statement, params).fetchall()]
+        from tests.support import pg
+
+        assert self.database is not None
+        parts = statement.split("?")
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+        return [tuple(row) for row in pg.query(self.database, numbered, *params)]
+
     def drop_database(self) -> None:
         """Drop this server's PostgreSQL database (after it stopped); nothing on SQLite."""
         if self.database is not None:
