@@ -164,3 +164,18 @@ def test_parallel_starts_never_hand_one_port_to_two_streams(server: ServerProces
         r = server.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
         assert r.status_code in (200, 409), r.text
     assert all(ffmpeg_children_listening(p) == [] for p in ports)
+
+
+def test_one_email_registered_twice_at_once_gives_one_user(server: ServerProcess) -> None:
+    def register(username: str) -> Callable[[], httpx.Response]:
+        def call() -> httpx.Response:
+            with httpx.Client(base_url=server.url("auth"), timeout=60) as client:
+                body = {"username": username, "email": "twins@example.com", "password": "password123"}
+                return client.post("/auth/register", json=body)
+
+        return call
+
+    replies = at_once(register("twinone"), register("twintwo"))
+    assert sorted(r.status_code for r in replies) == [201, 409], [r.text for r in replies]
+    assert_error(next(r for r in replies if r.status_code == 409), 409, "email")
+    assert server.sql("SELECT count(*) FROM users WHERE email = ?", "twins@example.com") == [(1,)]
