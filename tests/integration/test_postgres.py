@@ -8,13 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.test_auth import assert_error, bearer, create_admin
+from tests.integration.test_concurrency import at_once, start_call
 from tests.support import pg
 from tests.support.media import wait_for
 from tests.support.server import SERVICES, ServerProcess, free_tcp_port, make_server, running_server
@@ -168,3 +169,24 @@ def test_requests_caught_by_a_restart_get_503_then_service_recovers(server: Serv
     health = server.auth.get("/health")
     assert health.status_code == 200, health.text
     assert "unhandled error" not in server.logs()
+
+
+def test_two_servers_on_one_database_cannot_both_start_a_stream(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # Not a supported deployment (README: one server per database), but the database, not
+    # process memory, must have the last word on a stream's state.
+    secret = {"STREAMPLAT_AUTH__JWT_SECRET": "x" * 48}
+    one = server_factory(secret)
+    two = server_factory(
+        {**secret, "STREAMPLAT_STORAGE__DATABASE_URL": one.env["STREAMPLAT_STORAGE__DATABASE_URL"]}
+    )
+    token = one.user_token("twoservers")
+    for i in range(4):
+        r = one.main.post("/api/streams", json={"name": f"shared {i}"}, headers=bearer(token))
+        assert r.status_code == 201, r.text
+        sid = r.json()["stream_id"]
+        replies = at_once(*(start_call(srv, token, sid) for srv in (one, two)))
+        assert sorted(r.status_code for r in replies) == [200, 409], [r.text for r in replies]
+        port = next(r for r in replies if r.status_code == 200).json()["port"]
+        assert one.sql("SELECT status, port FROM streams WHERE id = ?", sid) == [("waiting", port)]
