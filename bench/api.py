@@ -198,7 +198,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument(
         "--pg-url",
-        default=os.environ.get("STREAMPLAT_BENCH_PG_URL", DEFAULT_PG_URL),
+        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
         help="PostgreSQL where a throwaway database may be created (empty: skip the comparison)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per database")

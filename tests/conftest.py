@@ -18,7 +18,7 @@ def fixture_db(request: pytest.FixtureRequest) -> str:
 
     A module that must stay on SQLite (e.g. it times media, not queries) overrides this fixture.
     PostgreSQL cases skip when no PostgreSQL is reachable, and fail instead under
-    STREAMPLAT_TEST_REQUIRE_PG=1 (CI), so a CI machine without it cannot pass by skipping.
+    TEST_REQUIRE_PG=1 (CI), so a CI machine without it cannot pass by skipping.
     """
     db = str(request.param)
     if db == "postgresql":

@@ -1,7 +1,7 @@
 """Throwaway PostgreSQL databases for tests: one fresh database per server, dropped afterwards.
 
-The server to use comes from STREAMPLAT_TEST_PG_URL (default: the machine's PostgreSQL,
-postgresql://postgres@127.0.0.1:5432/test, trust auth). With STREAMPLAT_TEST_REQUIRE_PG=1
+The server to use comes from TEST_PG_URL (default: the machine's PostgreSQL,
+postgresql://postgres@127.0.0.1:5432/test, trust auth). With TEST_REQUIRE_PG=1
 (CI) a missing PostgreSQL fails the PostgreSQL cases; without it they are skipped.
 """
 
@@ -22,8 +22,8 @@ import asyncpg
 
 T = TypeVar("T")
 
-ADMIN_URL = os.environ.get("STREAMPLAT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRED = os.environ.get("STREAMPLAT_TEST_REQUIRE_PG", "") not in ("", "0")
+ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRED = os.environ.get("TEST_REQUIRE_PG", "") not in ("", "0")
 PREFIX = "sp_test_"
 
 
@@ -55,20 +55,20 @@ def unavailable_reason() -> str | None:
     except Exception as exc:
         return (
             f"PostgreSQL is not reachable at {_where()} ({type(exc).__name__}: {exc}); "
-            "set STREAMPLAT_TEST_PG_URL to a server where CREATE DATABASE is allowed"
+            "set TEST_PG_URL to a server where CREATE DATABASE is allowed"
         )
     return None
 
 
 def require() -> None:
-    """Skip the calling test when PostgreSQL is unreachable; fail it under STREAMPLAT_TEST_REQUIRE_PG=1."""
+    """Skip the calling test when PostgreSQL is unreachable; fail it under TEST_REQUIRE_PG=1."""
     import pytest
 
     reason = unavailable_reason()
     if reason is None:
         return
     if REQUIRED:
-        pytest.fail(f"{reason} (STREAMPLAT_TEST_REQUIRE_PG=1 requires it)")
+        pytest.fail(f"{reason} (TEST_REQUIRE_PG=1 requires it)")
     pytest.skip(reason)
 
 
