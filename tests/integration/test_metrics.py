@@ -112,6 +112,7 @@ def test_metrics_move_with_requests_streams_and_recordings(
         10,
         message="the ready job counted",
     )
+    after = scrape(server)
     assert value(after, "streamplat_vod_job_duration_seconds_count", outcome="ready") == ready_before + 1
     assert value(after, "streamplat_vod_job_duration_seconds_sum", outcome="ready") > 0
 
