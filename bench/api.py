@@ -14,6 +14,13 @@ Measured, in this order, each run for --seconds with --connections keep-alive co
   3. `GET /health` on the main port                      (ratio to 1)
   4. --logins parallel logins for --login-seconds, while one connection polls `GET /health`
      50 times a second: logins per second and /health p50/p99 during the burst.
+Then the same API on PostgreSQL vs on SQLite (skipped with a note when PostgreSQL at --pg-url
+does not answer): two streamplat servers, one per database, both with the read caches off
+(auth.principal_cache_seconds = server.read_cache_seconds = 0, so every request queries the
+database) and each run alternately --rounds times, best run kept:
+  5. `GET /api/streams/{id}` (Bearer): 2 queries per request (principal, stream + owner)
+  6. `GET /api/streams?limit=20` (Bearer): 3 queries (principal, count, page)
+  printed with the PostgreSQL/SQLite ratio (goal >= 0.8x). `--databases-only` runs just this part.
 The machine running this is the one serving: wrk, both servers and argon2 share its cores, so
 absolute numbers move with whatever else runs. The ratios are the point.
 """
@@ -44,7 +51,9 @@ GOALS = {
     "health_p99_during_logins_ms": 50.0,
     "logins_per_second": 12.0,
     "api_p99_ms": 50.0,
+    "postgres_ratio": 0.8,
 }
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # --- the reference app (run as `bench/api.py --serve-bare PORT`) ------------------------------
@@ -187,6 +196,13 @@ def main() -> int:
     parser.add_argument("--logins", type=int, default=20, help="parallel logins in the burst")
     parser.add_argument("--login-seconds", type=float, default=15.0, help="length of the login burst")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
+        help="PostgreSQL where a throwaway database may be created (empty: skip the comparison)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per database")
+    parser.add_argument("--databases-only", action="store_true", help="only PostgreSQL vs SQLite")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -199,9 +215,17 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    if not args.databases_only:
+        code = bench_request_path(args)
+        if code:
+            return code
+    if args.pg_url:
+        compare_databases(args)
+    return 0
 
-    tmp = Path(tempfile.mkdtemp(prefix="streamplat-bench-api-"))
-    ports = {name: free_port() for name in ("auth", "main", "stream", "vod", "bare")}
+
+def base_env(ports: dict[str, int]) -> dict[str, str]:
+    """The environment of a benchmarked streamplat: free ports, no rate limits, no disk floor."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -220,6 +244,14 @@ def main() -> int:
             "PYTHONPATH": str(HERE.parent.parent / "src"),
         }
     )
+    return env
+
+
+def bench_request_path(args: argparse.Namespace) -> int:
+    """Parts 1-4: streamplat's request path against the bare app."""
+    tmp = Path(tempfile.mkdtemp(prefix="streamplat-bench-api-"))
+    ports = {name: free_port() for name in ("auth", "main", "stream", "vod", "bare")}
+    env = base_env(ports)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         log = tmp / "streamplat.log"
@@ -292,6 +324,142 @@ def main() -> int:
                 proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+# --- PostgreSQL vs SQLite ----------------------------------------------------------------------
+
+
+def _pg(url: str, statement: str) -> None:
+    """Run one statement as the admin of --pg-url (asyncpg: streamplat's own driver)."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _start_streamplat(
+    tmp: Path, name: str, extra: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
+    ports = {service: free_port() for service in ("auth", "main", "stream", "vod")}
+    env = {
+        **base_env(ports),
+        # Every request reads the database: the comparison is of the databases, not of the caches.
+        "STREAMPLAT_AUTH__PRINCIPAL_CACHE_SECONDS": "0",
+        "STREAMPLAT_SERVER__READ_CACHE_SECONDS": "0",
+        **extra,
+    }
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamplat", "serve", "--data-dir", str(tmp / name)],
+            env=env,
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_up(f"http://127.0.0.1:{ports['main']}/health", proc, log)
+    return proc, ports, log
+
+
+def _prepare(ports: dict[str, int]) -> tuple[str, str]:
+    """A streamer with a few streams; (its token, the id of one stream)."""
+    auth, main_url = f"http://127.0.0.1:{ports['auth']}", f"http://127.0.0.1:{ports['main']}"
+    user = {"username": "bencher", "email": "bencher@example.com", "password": "password123"}
+    status, _ = request("POST", f"{auth}/auth/register", {**user, "role": "streamer"})
+    assert status == 201, status
+    status, pair = request(
+        "POST", f"{auth}/auth/login", {"email": user["email"], "password": user["password"]}
+    )
+    assert status == 200, pair
+    token = str(pair["access_token"])
+    stream_id = ""
+    for i in range(30):
+        status, stream = request("POST", f"{main_url}/api/streams", {"name": f"bench {i}"}, token)
+        assert status == 201, stream
+        stream_id = stream["stream_id"]
+    return token, stream_id
+
+
+def compare_databases(args: argparse.Namespace) -> None:
+    """Parts 5-6: the same authenticated requests on PostgreSQL and on SQLite, alternately."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin_url = str(args.pg_url)
+    database = f"sp_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        _pg(admin_url, f'CREATE DATABASE "{database}"')
+    except Exception as exc:
+        print(
+            "\nPostgreSQL vs SQLite: skipped, PostgreSQL at --pg-url does not answer "
+            f"({type(exc).__name__}: {exc})"
+        )
+        return
+    parts = urlsplit(admin_url)
+    pg_url = urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{database}", parts.query, ""))
+    tmp = Path(tempfile.mkdtemp(prefix="streamplat-bench-db-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        servers: dict[str, tuple[dict[str, int], str, str]] = {}
+        for name, extra in (("sqlite", {}), ("postgresql", {"STREAMPLAT_STORAGE__DATABASE_URL": pg_url})):
+            proc, ports, _ = _start_streamplat(tmp, name, extra)
+            procs.append(proc)
+            token, stream_id = _prepare(ports)
+            servers[name] = (ports, token, stream_id)
+        c, secs = args.connections, args.seconds
+        print(
+            f"\nPostgreSQL vs SQLite: caches off, wrk {c} connections, {secs:.0f} s per run, "
+            f"best of {args.rounds}"
+        )
+        best: dict[tuple[str, str], WrkResult] = {}
+        for round_no in range(args.rounds):
+            # Alternating, so a burst of load from elsewhere on the box hits both alike.
+            for name in ("sqlite", "postgresql") if round_no % 2 == 0 else ("postgresql", "sqlite"):
+                ports, token, stream_id = servers[name]
+                main_url = f"http://127.0.0.1:{ports['main']}"
+                for what, url in (
+                    ("detail", f"{main_url}/api/streams/{stream_id}"),
+                    ("list", f"{main_url}/api/streams?limit=20"),
+                ):
+                    res = run_wrk(url, secs, c, {"Authorization": f"Bearer {token}"})
+                    if (name, what) not in best or res.ok_per_second > best[name, what].ok_per_second:
+                        best[name, what] = res
+            print(f"  round {round_no + 1} done", flush=True)
+        print()
+        print(
+            "| measure | SQLite 2xx/s | SQLite p99 ms | PostgreSQL 2xx/s | PostgreSQL p99 ms "
+            "| PG/SQLite | goal |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for what, label in (
+            ("detail", "GET /api/streams/{id} (Bearer)"),
+            ("list", "GET /api/streams?limit=20 (Bearer)"),
+        ):
+            lite, post = best["sqlite", what], best["postgresql", what]
+            ratio = post.ok_per_second / lite.ok_per_second if lite.ok_per_second else 0.0
+            print(
+                f"| {label} | {lite.ok_per_second:.0f} | {lite.p99_ms:.1f} | {post.ok_per_second:.0f} | "
+                f"{post.p99_ms:.1f} | {ratio:.2f} | >= {GOALS['postgres_ratio']}x |"
+            )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+        _pg(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def stack_line(log: Path) -> str:

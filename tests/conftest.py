@@ -12,15 +12,31 @@ from tests.support.media import Publisher
 from tests.support.server import ServerProcess, make_server, running_server
 
 
+@pytest.fixture(name="db", scope="module", params=["sqlite", "postgresql"])
+def fixture_db(request: pytest.FixtureRequest) -> str:
+    """The database every server of the test uses: each server test runs on SQLite and on PostgreSQL.
+
+    A module that must stay on SQLite (e.g. it times media, not queries) overrides this fixture.
+    PostgreSQL cases skip when no PostgreSQL is reachable, and fail instead under
+    TEST_REQUIRE_PG=1 (CI), so a CI machine without it cannot pass by skipping.
+    """
+    db = str(request.param)
+    if db == "postgresql":
+        from tests.support import pg
+
+        pg.require()
+    return db
+
+
 @pytest.fixture(name="server_factory")
-def fixture_server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def fixture_server_factory(tmp_path: Path, db: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with extra environment; every one is stopped (or killed) at the end."""
     started: list[ServerProcess] = []
 
     def start(
         extra_env: dict[str, str] | None = None, name: str = "server", spec_ports: bool = False
     ) -> ServerProcess:
-        srv = make_server(tmp_path, extra_env, name=f"{name}{len(started)}", spec_ports=spec_ports)
+        srv = make_server(tmp_path, extra_env, name=f"{name}{len(started)}", spec_ports=spec_ports, db=db)
         started.append(srv)
         return srv.start()
 
@@ -30,12 +46,13 @@ def fixture_server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProce
             srv.stop()
         except Exception:
             srv.kill()
+        srv.drop_database()
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def fixture_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
     """One server shared by a test module (tests use distinct usernames)."""
-    with running_server(tmp_path_factory.mktemp("srv")) as srv:
+    with running_server(tmp_path_factory.mktemp("srv"), db=db) as srv:
         yield srv
 
 

@@ -30,7 +30,7 @@ from streamplat.auth.ratelimit import RateLimiter
 from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.cluster import EventRelay, RedisCollector, RedisLink, SharedRateLimiter, SharedViewerTracker
 from streamplat.config import Settings
-from streamplat.db import create_engine, migrate, session_factory
+from streamplat.db import create_engine, ensure_reachable, migrate, session_factory
 from streamplat.events import EventBus, StreamChanged
 from streamplat.hls.asgi import HlsFastPath
 from streamplat.hls.disk import finalise_index
@@ -110,6 +110,7 @@ class Platform:
             path.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(s.database_url)
         self._stack.push_async_callback(self.engine.dispose)
+        await ensure_reachable(self.engine)  # DatabaseUnreachable names the host, not a traceback
         await migrate(self.engine)
         self.sessions = session_factory(self.engine)
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")

@@ -80,7 +80,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
     from streamplat.auth.passwords import PasswordHashing
     from streamplat.auth.schemas import RegisterIn
     from streamplat.auth.tokens import TokenIssuer
-    from streamplat.db import create_engine, session_factory
+    from streamplat.db import create_engine, ensure_reachable, session_factory
     from streamplat.validation import validate
 
     if password is not None:
@@ -89,6 +89,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
         engine = create_engine(settings.database_url)
         passwords = PasswordHashing(settings.auth.password_hash_threads)
         try:
+            await ensure_reachable(engine)
             await _schema_ready(engine, alone, settings.data_path)
             # create_admin issues no token: a throwaway key keeps the server's secret file out of it.
             tokens = TokenIssuer(secrets.token_urlsafe(48), settings.auth.access_token_ttl_seconds)
@@ -117,6 +118,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
 
 
 def _cmd_create_admin(args: argparse.Namespace) -> int:
+    from streamplat.db import DatabaseUnreachable
     from streamplat.errors import DomainError, ValidationFailed
 
     settings = _settings(args)
@@ -129,7 +131,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
         for field, messages in exc.details.items():
             print(f"streamplat: {field}: {', '.join(messages)}", file=sys.stderr)
         return 2
-    except (DomainError, ValueError, _SchemaBehind) as exc:
+    except (DomainError, ValueError, _SchemaBehind, DatabaseUnreachable) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -137,7 +139,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from streamplat import datadir
-    from streamplat.db import create_engine
+    from streamplat.db import DatabaseUnreachable, create_engine, display_url, ensure_reachable
 
     settings = _settings(args)
 
@@ -145,17 +147,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         with datadir.try_lock(settings.data_path, "migrate") as alone:
             engine = create_engine(settings.database_url)
             try:
+                await ensure_reachable(engine)
                 return await _schema_ready(engine, alone, settings.data_path)
             finally:
                 await engine.dispose()
 
     try:
         migrated = asyncio.run(run())
-    except _SchemaBehind as exc:
+    except (_SchemaBehind, DatabaseUnreachable) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 1
     verb = "migrated; it is now up to date" if migrated else "is up to date"
-    print(f"database at {settings.database_url} {verb}")
+    print(f"database at {display_url(settings.database_url)} {verb}")
     return 0
 
 
@@ -170,6 +173,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
         from streamplat.cluster import mask_url
 
         data["redis"]["url"] = mask_url(data["redis"]["url"])
+    if data.get("storage", {}).get("database_url"):
+        from streamplat.db import display_url
+
+        data["storage"]["database_url"] = display_url(data["storage"]["database_url"])
     print(msgspec.json.format(msgspec.json.encode(data)).decode())
     return 0
 
@@ -234,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config",
         parents=[common],
         help="print the effective configuration (file + environment) as JSON",
-        description="Load and validate the configuration and print it; the JWT secret is masked.",
+        description="Load and validate the configuration and print it; the JWT secret and the "
+        "database password are masked.",
     )
     p.set_defaults(func=_cmd_config)
     return parser

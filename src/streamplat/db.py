@@ -2,7 +2,9 @@
 
 SQLite through aiosqlite is the embedded default: WAL so readers never wait for the one
 writer, foreign keys on, and a busy timeout so a short write burst queues instead of
-failing. Nothing here is SQLite-only: a `postgresql+asyncpg://` URL works unchanged.
+failing. PostgreSQL through asyncpg (`postgresql+asyncpg://...`) runs the same migrations and
+code: its pool pings a connection before handing it out, so a restarted server costs only the
+requests that were in flight (answered 503, see `is_transient`), never a restart of ours.
 Schema changes are Alembic migrations (streamplat/migrations), applied by `migrate()` at start.
 """
 
@@ -12,8 +14,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, event
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy import BigInteger, DateTime, Integer, event, text
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -33,6 +36,12 @@ def isoformat(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Ids, foreign keys and byte counts: 64-bit everywhere, as the API's parameters allow (params.py).
+# SQLite's INTEGER already is 64-bit, and only "INTEGER PRIMARY KEY" is its auto-incrementing rowid,
+# so SQLite keeps INTEGER; PostgreSQL's INTEGER is 32-bit, so there it is BIGINT.
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -78,7 +87,85 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    # pool_pre_ping: a connection the server dropped (restart, failover, idle timeout) is
+    # replaced on checkout instead of failing the request that drew it. A bounded connect
+    # timeout: an unreachable host fails the start (and a request) in seconds, not asyncpg's 60.
+    # application_name: our sessions are named in pg_stat_activity (and can be told apart there).
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql+asyncpg"):
+        connect_args = {
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            "server_settings": {"application_name": APPLICATION_NAME},
+        }
+    # pool_size: SQLAlchemy's default of 5 (+10 overflow, closed again on return) made a burst of
+    # requests open and close PostgreSQL connections all the time (py-spy: ~10 % of the process
+    # in connect/close alone, each connect being a new backend process on the server's side).
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_POOL_OVERFLOW,
+        connect_args=connect_args,
+    )
+
+
+CONNECT_TIMEOUT_SECONDS = 10
+PG_POOL_SIZE = 20  # connections kept open (PostgreSQL's default max_connections is 100)
+PG_POOL_OVERFLOW = 10  # opened beyond that in a burst, closed when returned
+APPLICATION_NAME = "streamplat"
+
+
+def display_url(url: str) -> str:
+    """`url` fit for logs and error messages: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+class DatabaseUnreachable(Exception):
+    """The database named by storage.database_url cannot be reached (the message says which and why)."""
+
+
+async def ensure_reachable(engine: AsyncEngine) -> None:
+    """Open one connection, or raise DatabaseUnreachable naming host:port (password masked)."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        url = engine.url
+        where = url.database if url.get_backend_name() == "sqlite" else f"{url.host}:{url.port or 5432}"
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        raise DatabaseUnreachable(
+            f"cannot connect to the database at {where} ({url.render_as_string(hide_password=True)}): "
+            f"{type(cause).__name__}{': ' + reason if reason else ''}"
+        ) from exc
+
+
+# SQLSTATEs after which the same request may well succeed a moment later: the connection was
+# lost (class 08), the server is shutting down or starting up (57P01-57P03), too many
+# connections (53300), or PostgreSQL picked this transaction to lose a deadlock or a
+# serialization conflict (40P01, 40001).
+_TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03", "53300", "40P01", "40001")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` means "the database is (briefly) unavailable", worth a 503 and a retry."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        if sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES:
+            return True
+        exc = orig if orig is not None else exc
+    # Connecting a new pool connection to a stopped server fails below the DB-API layer, with
+    # ConnectionRefusedError, or OSError("Multiple exceptions: ... Connect call failed ...") when
+    # the host name has several addresses, or TimeoutError after CONNECT_TIMEOUT_SECONDS.
+    return isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and "connect call failed" in str(exc).lower()
+    )
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -17,7 +17,9 @@
 Services raise these; they never build HTTP responses. `exception_handlers()` turns them,
 Litestar's own HTTP exceptions and anything unexpected into
 `{"error": <reason phrase>, "message": <text>, "code": <status>}` (+ "details" for 422).
-Unexpected errors answer 500 with no internals and are logged with the request id.
+Unexpected errors answer 500 with no internals and are logged with the request id, except a
+database that is briefly unavailable (PostgreSQL restarting, a dropped connection: see
+`db.is_transient`), which answers 503 with Retry-After; the next request gets a fresh connection.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from sqlalchemy.exc import DBAPIError
+
+from streamplat.db import is_transient
 
 log = logging.getLogger("streamplat.errors")
+
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 class DomainError(Exception):
@@ -199,11 +206,34 @@ def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respo
     return error_response(500, f"Internal server error (request id {_request_id(request)})")
 
 
+def _handle_database(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if not is_transient(exc):
+        return _handle_unexpected(request, exc)
+    # Logged without a traceback: the cause (server restart, failover) is outside this process.
+    log.warning(
+        "database unavailable request_id=%s %s %s: %s: %s",
+        _request_id(request),
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        str(exc).splitlines()[0] if str(exc) else "",
+    )
+    return error_response(
+        503,
+        "The database is temporarily unavailable; try again in a moment",
+        None,
+        {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def exception_handlers() -> dict[type[Exception] | int, Any]:
     """The handlers every app installs, so every port answers errors in one shape."""
     return {
         DomainError: _handle_domain,
         HTTPException: _handle_http,
+        # A lost or refused database connection: DBAPIError from a query, OSError from connecting.
+        DBAPIError: _handle_database,
+        OSError: _handle_database,
         Exception: _handle_unexpected,
     }
 

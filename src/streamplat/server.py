@@ -28,6 +28,7 @@ from litestar import Litestar
 from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
+from streamplat.db import DatabaseUnreachable
 from streamplat.protocols import http_protocol
 from streamplat.vod.objectstore import ObjectStorageError
 
@@ -180,6 +181,8 @@ async def serve(settings: Settings) -> None:
         except ObjectStorageError as exc:
             # Only the start-up check lets this out: uploads handle their own failures.
             raise StartupError(exc.reason) from None
+        except DatabaseUnreachable as exc:  # raised only while the platform starts
+            raise StartupError(str(exc)) from None
 
 
 async def _serve(settings: Settings) -> None:

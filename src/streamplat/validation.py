@@ -89,6 +89,10 @@ def _messages(t: msgspec.inspect.Type, value: Any, extra: dict[str, Any] | None 
             )
         if t.max_length is not None and len(value) > t.max_length:
             problems.append(f"maximum {t.max_length} characters allowed")
+        # No text column can hold NUL on PostgreSQL (asyncpg fails the query: once a 500), and
+        # no name, title or email needs it: refused on every database alike.
+        if "\x00" in value:
+            problems.append("must not contain NUL characters (\\u0000)")
         # fullmatch: with re.search, `^...$` accepts a trailing newline ("bob\n").
         if t.pattern is not None and not problems and not re.fullmatch(t.pattern, value):
             problems.append(str((extra or {}).get("message", "has an invalid format")))

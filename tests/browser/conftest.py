@@ -90,6 +90,13 @@ def fixture_open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     assert not errors.uncaught, errors.uncaught
 
 
+@pytest.fixture(name="db", scope="module")
+def fixture_db() -> str:
+    """Pages run on SQLite only: they reach the database through the same API that the
+    integration suite runs on SQLite and PostgreSQL, and a browser run is the slowest we have."""
+    return "sqlite"
+
+
 @pytest.fixture(name="web")
 def fixture_web(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     """A real server with one-second HLS segments."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -251,11 +250,8 @@ def test_server_killed_mid_stream_and_mid_packaging_loses_nothing(
     # What the killed server left: every complete segment, by its own media timestamps.
     complete_seconds = seconds_on_disk(srv.data_dir / "hls" / live)
     assert complete_seconds >= 4 * 0.9
-    db = sqlite3.connect(srv.data_dir / "streamplat.db")
-    with db:
-        db.execute("UPDATE streams SET status = 'stopped', port = NULL WHERE id = ?", (orphan,))
-        assert db.execute("SELECT count(*) FROM recordings WHERE stream_id = ?", (orphan,)).fetchone() == (0,)
-    db.close()
+    srv.sql("UPDATE streams SET status = 'stopped', port = NULL WHERE id = ?", orphan)
+    assert srv.sql("SELECT count(*) FROM recordings WHERE stream_id = ?", orphan) == [(0,)]
 
     # (d) Restart (the lock of the killed server is gone), then SIGKILL while both recordings
     # are "processing" with their packaging under way.

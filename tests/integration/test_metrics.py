@@ -23,8 +23,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("metrics"), LIVE_ENV) as srv:
+def fixture_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("metrics"), LIVE_ENV, db=db) as srv:
         yield srv
 
 
@@ -106,7 +106,13 @@ def test_metrics_move_with_requests_streams_and_recordings(
     assert ("streamplat_ingest_bitrate_kbps", frozenset({("stream_id", sid)})) not in after
     assert ("streamplat_stream_viewers", frozenset({("stream_id", sid)})) not in after
     ready_before = value(before, "streamplat_vod_jobs_total", outcome="ready")
-    assert value(after, "streamplat_vod_jobs_total", outcome="ready") == ready_before + 1
+    # The job is counted just after its "ready" is committed: a scrape may fall in between.
+    wait_for(
+        lambda: value(scrape(server), "streamplat_vod_jobs_total", outcome="ready") == ready_before + 1,
+        10,
+        message="the ready job counted",
+    )
+    after = scrape(server)
     assert value(after, "streamplat_vod_job_duration_seconds_count", outcome="ready") == ready_before + 1
     assert value(after, "streamplat_vod_job_duration_seconds_sum", outcome="ready") > 0
 

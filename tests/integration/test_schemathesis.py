@@ -75,8 +75,8 @@ class World:
 
 
 @pytest.fixture(name="world", scope="module")
-def fixture_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with running_server(tmp_path_factory.mktemp("fuzz"), ENV) as srv:
+def fixture_world(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[World]:
+    with running_server(tmp_path_factory.mktemp("fuzz"), ENV, db=db) as srv:
         admin = create_admin(srv, "fuzzadmin")
         streamer = srv.user_token("fuzzstreamer")
         victim = srv.register("fuzzvictim", "viewer")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ LIVE_ENV = {
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("live"), LIVE_ENV) as srv:
+def fixture_live_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("live"), LIVE_ENV, db=db) as srv:
         yield srv
 
 
@@ -274,8 +273,7 @@ def test_stream_reads_are_cached_but_every_change_shows_at_once(
     assert detail()["status"] == "created"
     # A change behind the server's back (another process, hand-written SQL) is not seen while the
     # row is cached: proof that the reads above and below come from the cache ...
-    with sqlite3.connect(srv.data_dir / "streamplat.db") as db:
-        db.execute("UPDATE streams SET title = 'Edited by SQL' WHERE id = ?", (sid,))
+    srv.sql("UPDATE streams SET title = 'Edited by SQL' WHERE id = ?", sid)
     assert detail()["title"] == "Before"
     # ... while every change made through the server shows on the very next read.
     start(srv, token, sid)

@@ -19,8 +19,8 @@ from tests.support.server import ServerProcess, running_server
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_vod_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("vod"), LIVE_ENV) as srv:
+def fixture_vod_server(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("vod"), LIVE_ENV, db=db) as srv:
         yield srv
 
 

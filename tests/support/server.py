@@ -65,6 +65,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     clients: dict[str, httpx.Client] = field(default_factory=dict)
+    db: str = "sqlite"
+    database: str | None = None  # the PostgreSQL database made for this server (dropped by `drop_database`)
 
     def url(self, service: str, path: str = "") -> str:
         return f"http://{self.host}:{self.ports[service]}{path}"
@@ -141,6 +143,28 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
 
+    def sql(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one SQL statement on this server's database behind its back ("?" placeholders)."""
+        if self.db == "sqlite":
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.data_dir / "streamplat.db")) as conn, conn:
+                return [tuple(row) for row in conn.execute(statement, params).fetchall()]
+        from tests.support import pg
+
+        assert self.database is not None
+        parts = statement.split("?")
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+        return [tuple(row) for row in pg.query(self.database, numbered, *params)]
+
+    def drop_database(self) -> None:
+        """Drop this server's PostgreSQL database (after it stopped); nothing on SQLite."""
+        if self.database is not None:
+            from tests.support import pg
+
+            pg.drop_database(self.database)
+            self.database = None
+
     # --- API helpers ---------------------------------------------------------------------
 
     def register(
@@ -193,11 +217,17 @@ def free_loopback_host() -> str:
 
 
 def make_server(
-    tmp_path: Path, extra_env: dict[str, str] | None = None, name: str = "server", *, spec_ports: bool = False
+    tmp_path: Path,
+    extra_env: dict[str, str] | None = None,
+    name: str = "server",
+    *,
+    spec_ports: bool = False,
+    db: str = "sqlite",
 ) -> ServerProcess:
     """A configured (not yet started) server with its own data dir and free ports.
 
     With `spec_ports`, it listens on the spec's fixed ports on a private loopback address instead.
+    With `db="postgresql"`, it gets a fresh PostgreSQL database (drop it with `drop_database`).
     """
     data_dir = tmp_path / name / "data"
     data_dir.mkdir(parents=True)
@@ -225,16 +255,36 @@ def make_server(
     )
     if spec_ports:
         env["STREAMPLAT_SERVER__HOST"] = host
+    database = None
+    if db == "postgresql":
+        from tests.support import pg
+
+        database, env["STREAMPLAT_STORAGE__DATABASE_URL"] = pg.create_database()
+    elif db != "sqlite":
+        raise ValueError(f"unknown db {db!r}")
     env.update(extra_env or {})
     return ServerProcess(
-        data_dir=data_dir, env=env, ports=ports, host=host, log_path=tmp_path / name / "server.log"
+        data_dir=data_dir,
+        env=env,
+        ports=ports,
+        host=host,
+        log_path=tmp_path / name / "server.log",
+        db=db,
+        database=database,
     )
 
 
 @contextlib.contextmanager
-def running_server(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+def running_server(
+    tmp_path: Path, extra_env: dict[str, str] | None = None, db: str = "sqlite"
+) -> Iterator[ServerProcess]:
     """A started server that must stop cleanly (SIGTERM -> exit 0) when the block ends."""
-    srv = make_server(tmp_path, extra_env).start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, srv.logs()[-3000:]
+    srv = make_server(tmp_path, extra_env, db=db)
+    try:
+        srv.start()
+        yield srv
+        code = srv.stop()
+        assert code == 0, srv.logs()[-3000:]
+    finally:
+        srv.kill()
+        srv.drop_database()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from streamplat.db import SQLITE_BUSY_TIMEOUT_SECONDS, create_engine
+from streamplat.db import SQLITE_BUSY_TIMEOUT_SECONDS, create_engine, display_url, is_transient
 
 
 async def test_sqlite_waits_the_full_busy_timeout(tmp_path: Path) -> None:
@@ -18,3 +18,34 @@ async def test_sqlite_waits_the_full_busy_timeout(tmp_path: Path) -> None:
         await engine.dispose()
     # Not 5000: a pragma once silently cut the 30 s connect timeout to 5 s.
     assert waited_ms == SQLITE_BUSY_TIMEOUT_SECONDS * 1000 == 30_000
+
+
+def test_lost_or_refused_connections_are_transient_and_other_errors_are_not() -> None:
+    import errno
+
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 5432)")
+    assert is_transient(refused)
+    assert is_transient(OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432)"))
+    assert is_transient(TimeoutError())
+    for sqlstate in ("57P01", "08006", "40P01", "53300"):  # admin shutdown, lost link, deadlock, full
+        assert is_transient(DBAPIError("SELECT 1", {}, PgError(sqlstate))), sqlstate
+    invalidated = DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
+    assert is_transient(invalidated)
+    # A full disk, a broken constraint, a bug in a query: not the database being away.
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_transient(IntegrityError("INSERT", {}, PgError("23505")))
+    assert not is_transient(DBAPIError("SELEC 1", {}, PgError("42601")))
+    assert not is_transient(ValueError("x"))
+
+
+def test_database_urls_are_shown_without_their_password() -> None:
+    shown = display_url("postgresql+asyncpg://streamplat:hunter2@db.example.com:6432/sp")
+    assert "hunter2" not in shown and "db.example.com:6432" in shown and "***" in shown
+    assert display_url("sqlite+aiosqlite:///data/streamplat.db") == "sqlite+aiosqlite:///data/streamplat.db"

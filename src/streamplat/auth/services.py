@@ -276,7 +276,8 @@ class AuthService:
         # - SQLite: FOR UPDATE is dropped, but the UPDATE below is the transaction's first
         #   statement, and SQLite runs it under its single write lock on the newest data.
         active_admin = (User.role == "admin", User.is_active.is_(True))
-        await session.execute(select(User.id).where(*active_admin).with_for_update())
+        # In id order: two demotions lock the same rows in the same order, so neither deadlocks.
+        await session.execute(select(User.id).where(*active_admin).order_by(User.id).with_for_update())
         other_admins = select(func.count(User.id)).where(*active_admin, User.id != user.id).scalar_subquery()
         values: dict[str, object] = {}
         if isinstance(data.role, str):  # left out: UNSET, unchanged

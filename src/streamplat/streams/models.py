@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from streamplat.db import Base, UTCDateTime, utcnow
+from streamplat.db import Base, BigInt, UTCDateTime, utcnow
 
 # The spec's status values, in lifecycle order.
 CREATED, WAITING, ACTIVE, STOPPED = "created", "waiting", "active", "stopped"
@@ -19,7 +19,7 @@ class Stream(Base):
     __tablename__ = "streams"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(BigInt, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     title: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")

@@ -330,16 +330,20 @@ class StreamService:
         assert row is not None  # load() returns a row or raises NotFound
         return row
 
-    async def _get(self, session: AsyncSession, stream_id: str) -> tuple[Stream, str]:
+    async def _get(
+        self, session: AsyncSession, stream_id: str, *, for_update: bool = False
+    ) -> tuple[Stream, str]:
         if not is_stream_id(stream_id):
             raise NotFound("Stream not found")
-        row = (
-            await session.execute(
-                select(Stream, User.username)
-                .join(User, User.id == Stream.user_id)
-                .where(Stream.id == stream_id)
-            )
-        ).first()
+        query = (
+            select(Stream, User.username).join(User, User.id == Stream.user_id).where(Stream.id == stream_id)
+        )
+        if for_update:
+            # PostgreSQL: the stream's row stays locked until this transaction ends, so another
+            # process deciding on the same stream waits and then reads the row as committed.
+            # SQLite ignores it (one process per database file; the per-stream lock decides).
+            query = query.with_for_update(of=Stream)
+        row = (await session.execute(query)).first()
         if row is None:
             raise NotFound("Stream not found")
         return row[0], row[1]
@@ -477,7 +481,8 @@ class StreamService:
     async def start_stream(self, stream_id: str, actor: Principal) -> StreamStarted:
         """Open an SRT listener for the stream (status "waiting") and return the URL for OBS."""
         async with self._locked(stream_id), self._sessions() as session:
-            stream, _ = await self._get(session, stream_id)
+            # Locked in the database too: two servers on one PostgreSQL database cannot both start it.
+            stream, _ = await self._get(session, stream_id, for_update=True)
             self._require_owner(stream, actor)
             if stream.status in LIVE_STATUSES:
                 raise Conflict("Stream is already started")

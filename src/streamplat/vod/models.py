@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from streamplat.db import Base, UTCDateTime, utcnow
+from streamplat.db import Base, BigInt, UTCDateTime, utcnow
 
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
 RECORDING_STATUSES = (PROCESSING, READY, FAILED)
@@ -20,14 +20,14 @@ class Recording(Base):
 
     __tablename__ = "recordings"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     # Not a foreign key: a recording outlives its stream (deleting a stream keeps the recording).
     stream_id: Mapped[str] = mapped_column(String(36), unique=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(BigInt, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=PROCESSING, index=True)
     duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    file_size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    file_size_bytes: Mapped[int | None] = mapped_column(BigInt, nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

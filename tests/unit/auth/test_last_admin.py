@@ -1,4 +1,5 @@
-"""The last active admin cannot be demoted, not even by two admins demoting each other at once."""
+"""The last active admin cannot be demoted, not even by two admins demoting each other at once
+(on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,17 @@ from streamplat.db import create_engine, migrate, session_factory
 from streamplat.errors import Conflict
 
 
-@pytest_asyncio.fixture(name="auth")
-async def fixture_auth(tmp_path: Path) -> AsyncIterator[AuthService]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}")
+@pytest_asyncio.fixture(name="auth", params=["sqlite", "postgresql"])
+async def fixture_auth(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[AuthService]:
+    database = None
+    if request.param == "postgresql":
+        from tests.support import pg
+
+        pg.require()
+        database, url = pg.create_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    engine = create_engine(url)
     await migrate(engine)
     passwords = PasswordHashing(1)
     try:
@@ -28,6 +37,8 @@ async def fixture_auth(tmp_path: Path) -> AsyncIterator[AuthService]:
     finally:
         passwords.close()
         await engine.dispose()
+        if database is not None:
+            pg.drop_database(database)
 
 
 async def active_admins(auth: AuthService) -> int:
