@@ -31,11 +31,11 @@ system-deps: ## install what the tests need outside Python (Node.js, Chromium, f
 serve: $(STAMP) ## run the server (all four ports) with ./config.toml
 	$(BIN)/streamplat serve
 
-# Two workers: most of the suite waits on real-time media and subprocesses, not on the CPU, and
+# Four workers on two cores: most of the suite waits on real-time media and subprocesses, not on the CPU, and
 # every server test runs twice (SQLite and PostgreSQL). loadscope keeps a module's tests (and its
 # shared server) on one worker.
 test: $(STAMP) system-deps ## run every test (real FFmpeg, real HTTP) on SQLite and PostgreSQL
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 4 --dist loadscope
 
 test-unit: $(STAMP) ## run the fast unit tests only
 	$(BIN)/python -m pytest tests/unit
