@@ -1,48 +1,22 @@
-"""The stream's HLS directory on disk: playlist upkeep, salvage after a kill, bytes written.
+"""Streams recorded before LL-HLS (FFmpeg's MPEG-TS muxer): salvage after a kill and the final
+ENDLIST, so their recordings still package. New streams use `streamplat.hls.disk`.
 
-Blocking file I/O throughout: the supervisor runs these in a thread.
+Blocking file I/O throughout: callers run these in a thread.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import dataclass
 
 from streamplat.ingest.ffmpeg import (
     PLAYLIST_NAME,
-    parse_playlist,
     plan_salvage,
     playlist_with_segments,
     segment_name,
     ts_duration_seconds,
     with_endlist,
 )
-
-
-class SegmentMeter:
-    """Bytes of HLS media written since a listener started, from finished segment files.
-
-    FFmpeg reports `bitrate=N/A` for the HLS muxer, so the ingest bitrate is measured on disk.
-    The muxer writes each segment whole once it is complete, so the count grows in steps.
-    """
-
-    def __init__(self, directory: pathlib.Path, first_number: int) -> None:
-        self._directory = directory
-        self._number = first_number
-        self.total_bytes = 0
-
-    def update(self) -> bool:
-        """Count newly finished segments; True if there were any."""
-        grew = False
-        while True:
-            try:
-                size = (self._directory / segment_name(self._number)).stat().st_size
-            except OSError:
-                return grew
-            self.total_bytes += size
-            self._number += 1
-            grew = True
 
 
 def salvage_segments(hls_dir: pathlib.Path, segment_seconds: float) -> list[int]:
@@ -91,26 +65,6 @@ def finalise_playlist(hls_dir: pathlib.Path, segment_seconds: float = 2.0) -> No
     ended = with_endlist(text)
     if ended != text:
         write_atomically(playlist, ended)
-
-
-@dataclass(frozen=True, slots=True)
-class HlsDirState:
-    """What a listener about to start finds in its HLS directory."""
-
-    playlist_exists: bool
-    next_number: int  # number of the next segment FFmpeg will write
-    salvaged: list[int]
-
-
-def prepare_hls_dir(hls_dir: pathlib.Path, segment_seconds: float) -> HlsDirState:
-    """Create the directory and list leftover segments so the next listener continues after them."""
-    hls_dir.mkdir(parents=True, exist_ok=True)
-    salvaged = salvage_segments(hls_dir, segment_seconds)
-    try:
-        next_number = parse_playlist((hls_dir / PLAYLIST_NAME).read_text()).next_number
-    except FileNotFoundError:
-        return HlsDirState(playlist_exists=False, next_number=0, salvaged=salvaged)
-    return HlsDirState(playlist_exists=True, next_number=next_number, salvaged=salvaged)
 
 
 def write_atomically(path: pathlib.Path, text: str) -> None:
