@@ -121,6 +121,34 @@ def listener_input_list(
     )
 
 
+def _listener_input(ffmpeg_binary: str, input_list: str, port: int, analyze_seconds: float) -> list[str]:
+    """The start of every listener's argv: quiet FFmpeg reading the SRT input named in `input_list`."""
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    return [
+        ffmpeg_binary,
+        "-nostdin",  # never read the terminal; we stop FFmpeg with SIGINT
+        "-hide_banner",
+        "-nostats",  # stderr keeps only problems
+        "-loglevel",
+        "warning",
+        # Probe 0.5 s instead of 5 s so the first segment is cut about a second after the
+        # publisher connects. (-probesize 32 would silently drop the AAC track.)
+        "-analyzeduration",
+        str(int(analyze_seconds * 1_000_000)),
+        # The SRT URL comes from the list file (see listener_input_list); the concat demuxer
+        # may open only files and SRT, and -safe 0 lets it open a URL at all.
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-protocol_whitelist",
+        "file,srt",
+        "-i",
+        input_list,
+    ]
+
+
 def build_listener_argv(
     *,
     ffmpeg_binary: str,
@@ -141,8 +169,6 @@ def build_listener_argv(
     and `segment_NNNNN.ts` there. `continue_playlist` appends to the playlist already there
     (after a publisher reconnect or a server restart) instead of starting a new one.
     """
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range: {port}")
     directory = playlist_dir.rstrip("/") or "/"
     flags = ["omit_endlist", "temp_file"]
     if continue_playlist:
@@ -150,27 +176,8 @@ def build_listener_argv(
         # DISCONTINUITY before the very first segment.
         flags.insert(1, "append_list")
     return [
-        ffmpeg_binary,
-        "-nostdin",  # never read the terminal; we stop FFmpeg with SIGINT
-        "-hide_banner",
-        "-nostats",  # numbers come from -progress on stdout; stderr keeps only problems
-        "-loglevel",
-        "warning",
+        *_listener_input(ffmpeg_binary, input_list, port, analyze_seconds),
         "-y",
-        # Probe 0.5 s instead of 5 s so the first segment is cut about a second after the
-        # publisher connects. (-probesize 32 would silently drop the AAC track.)
-        "-analyzeduration",
-        str(int(analyze_seconds * 1_000_000)),
-        # The SRT URL comes from the list file (see listener_input_list); the concat demuxer
-        # may open only files and SRT, and -safe 0 lets it open a URL at all.
-        "-f",
-        "concat",
-        "-safe",
-        "0",
-        "-protocol_whitelist",
-        "file,srt",
-        "-i",
-        input_list,
         "-map",
         "0",
         "-c",
@@ -229,27 +236,10 @@ def build_fmp4_argv(
       `aac_bsf=False` (AAC_BSF_UNSUPPORTED in stderr).
     - `-map 0:v? -map 0:a?`: data streams (SCTE-35, ID3) cannot go into this MP4.
     """
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range: {port}")
     if not 0 < part_seconds <= 5:
         raise ValueError(f"part_seconds out of range: {part_seconds}")
     argv = [
-        ffmpeg_binary,
-        "-nostdin",
-        "-hide_banner",
-        "-nostats",
-        "-loglevel",
-        "warning",
-        "-analyzeduration",
-        str(int(analyze_seconds * 1_000_000)),
-        "-f",
-        "concat",
-        "-safe",
-        "0",
-        "-protocol_whitelist",
-        "file,srt",
-        "-i",
-        input_list,
+        *_listener_input(ffmpeg_binary, input_list, port, analyze_seconds),
         "-map",
         "0:v?",
         "-map",
