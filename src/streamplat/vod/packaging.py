@@ -289,6 +289,17 @@ def build_remux_argv(ffmpeg: str, concat_list: Path, out: Path) -> list[str]:
         "+genpts",
         "-i",
         f"concatf:file:{concat_list}",
+        *_mp4_output(out, ["-movflags", "+faststart"]),
+    ]
+
+
+def _mp4_output(out: Path, moov: list[str]) -> list[str]:
+    """The output half of a remux argv: every A/V stream copied into an MP4 at `out`.
+
+    `moov` places the moov before mdat, so a browser can seek before it has downloaded the
+    whole file: `+faststart` (a second pass) or `-moov_size` (space reserved up front).
+    """
+    return [
         # Every video and audio stream, and nothing else: data streams (SCTE-35, ID3 tags)
         # cannot go into MP4. The "?" keeps an audio-less (or video-less) stream from failing.
         "-map",
@@ -301,9 +312,7 @@ def build_remux_argv(ffmpeg: str, concat_list: Path, out: Path) -> list[str]:
         # timestamps (B-frames, a publisher's own clock).
         "-avoid_negative_ts",
         "make_zero",
-        # moov before mdat, so a browser can seek before it has downloaded the whole file.
-        "-movflags",
-        "+faststart",
+        *moov,
         "-f",
         "mp4",  # never guessed from the (temp) file name
         "-y",
@@ -340,20 +349,7 @@ def build_runs_remux_argv(
         "0",
         "-i",
         f"file:{runs_list}",
-        "-map",
-        "0:v?",
-        "-map",
-        "0:a?",
-        "-c",
-        "copy",
-        "-avoid_negative_ts",
-        "make_zero",
-        # moov before mdat, so a browser can seek before it has downloaded the whole file.
-        *moov,
-        "-f",
-        "mp4",
-        "-y",
-        f"file:{out}",
+        *_mp4_output(out, moov),
     ]
 
 
