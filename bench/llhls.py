@@ -72,21 +72,11 @@ ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE.parent), str(ROOT), str(ROOT / "src")]
 
 import api as api_bench  # noqa: E402  (bench/api.py: wrk runner and parser)
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 MODES = ("latency", "first", "reqs", "players", "llplayers", "cpu")
 HLSJS = ROOT / "src" / "streamplat" / "web" / "static" / "vendor" / "hls.min.js"
 PROTOTYPE = ROOT / "docs" / "design" / "ll-hls-prototype" / "llhls_server.py"
-CHROMIUM = os.environ.get("STREAMPLAT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [  # tests/browser/conftest.py
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-]
 GOALS = {
     "latency_ll_s": 2.0,
     "first_playlist_s": 1.0,

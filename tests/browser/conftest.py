@@ -12,19 +12,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, Playwright, sync_playwright
 
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.support.server import ServerProcess
 
-CHROMIUM = os.environ.get("STREAMPLAT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-]
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 # One-second segments: the player starts within seconds and a short recording still has many.
 LIVE_ENV = {"STREAMPLAT_INGEST__SEGMENT_SECONDS": "1", "STREAMPLAT_INGEST__RECONNECT_WINDOW_SECONDS": "60"}
