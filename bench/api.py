@@ -314,14 +314,7 @@ def bench_request_path(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
@@ -450,16 +443,21 @@ def compare_databases(args: argparse.Namespace) -> None:
                 f"{post.p99_ms:.1f} | {ratio:.2f} | >= {GOALS['postgres_ratio']}x |"
             )
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
         _pg(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running, then wait up to 30 s each (SIGKILL after that)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def stack_line(log: Path) -> str:
