@@ -6,8 +6,10 @@ from streamplat.hls.boxes import BoxSplitter
 
 
 def split(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
-    """(ftyp, moov, [(moof, mdat), ...]) of a whole fMP4 file."""
-    boxes = BoxSplitter().feed(data)
+    """(ftyp, moov, [(moof, mdat), ...]) of a whole fMP4 file (which must split with nothing left)."""
+    splitter = BoxSplitter()
+    boxes = splitter.feed(data)
+    assert splitter.pending == 0
     ftyp = next(box for kind, box in boxes if kind == b"ftyp")
     moov = next(box for kind, box in boxes if kind == b"moov")
     pairs = []

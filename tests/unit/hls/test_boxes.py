@@ -6,6 +6,7 @@ import random
 import struct
 
 import pytest
+from tests.unit.hls.helpers import split
 
 from streamplat.hls.boxes import BoxError, BoxSplitter, iter_boxes, parse_moof, parse_moov
 
@@ -23,21 +24,6 @@ def split_all(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, 
         out += splitter.feed(data[pos:])
     assert splitter.pending == 0
     return out
-
-
-def fragments(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """(moov, [(moof, mdat), ...]) of a whole fMP4 file."""
-    boxes = split_all(data)
-    moov = next(box for kind, box in boxes if kind == b"moov")
-    pairs = []
-    moof = b""
-    for kind, box in boxes:
-        if kind == b"moof":
-            moof = box
-        elif kind == b"mdat" and moof:
-            pairs.append((moof, box))
-            moof = b""
-    return moov, pairs
 
 
 def test_splitter_gives_the_same_boxes_for_any_chunking(fmp4_av: bytes) -> None:
@@ -87,7 +73,7 @@ def test_iter_boxes_rejects_a_box_running_past_its_parent() -> None:
 
 
 def test_moov_gives_tracks_timescales_and_codecs(fmp4_av: bytes) -> None:
-    moov, _ = fragments(fmp4_av)
+    _, moov, _ = split(fmp4_av)
     tracks = parse_moov(moov)
     assert [t.kind for t in tracks] == ["video", "audio"]
     video, audio = tracks
@@ -100,7 +86,7 @@ def test_moov_gives_tracks_timescales_and_codecs(fmp4_av: bytes) -> None:
 
 
 def test_moof_durations_add_up_to_the_next_decode_time(fmp4_av: bytes) -> None:
-    moov, pairs = fragments(fmp4_av)
+    _, moov, pairs = split(fmp4_av)
     tracks = parse_moov(moov)
     assert len(pairs) >= 8
     previous: dict[int, tuple[int, int]] = {}
@@ -122,7 +108,7 @@ def test_moof_durations_add_up_to_the_next_decode_time(fmp4_av: bytes) -> None:
 
 
 def test_keyframes_start_fragments_and_audio_is_all_sync(fmp4_av: bytes) -> None:
-    moov, pairs = fragments(fmp4_av)
+    _, moov, pairs = split(fmp4_av)
     tracks = parse_moov(moov)
     video_id, audio_id = tracks[0].track_id, tracks[1].track_id
     firsts = []
@@ -138,7 +124,7 @@ def test_keyframes_start_fragments_and_audio_is_all_sync(fmp4_av: bytes) -> None
 
 
 def test_gop_not_a_multiple_of_the_fragment_gives_a_short_fragment(fmp4_gop45: bytes) -> None:
-    moov, pairs = fragments(fmp4_gop45)
+    _, moov, pairs = split(fmp4_gop45)
     tracks = parse_moov(moov)
     video = tracks[0]
     frames = [next(t for t in parse_moof(m, tracks) if t.track_id == video.track_id) for m, _ in pairs]
@@ -148,17 +134,17 @@ def test_gop_not_a_multiple_of_the_fragment_gives_a_short_fragment(fmp4_gop45: b
 
 
 def test_audio_only_and_video_only(fmp4_audio: bytes, fmp4_video: bytes) -> None:
-    moov, pairs = fragments(fmp4_audio)
+    _, moov, pairs = split(fmp4_audio)
     assert [t.kind for t in parse_moov(moov)] == ["audio"]
     assert all(parse_moof(m, parse_moov(moov))[0].first_sync for m, _ in pairs)
-    moov, pairs = fragments(fmp4_video)
+    _, moov, pairs = split(fmp4_video)
     assert [t.kind for t in parse_moov(moov)] == ["video"]
     assert pairs
 
 
 def test_tfdt_version_1_and_version_0_are_read(fmp4_av: bytes) -> None:
     """FFmpeg 9 writes 64-bit (v1) tfdt; v0 (32-bit, wraps after 13 h at 90 kHz) must work too."""
-    moov, pairs = fragments(fmp4_av)
+    _, moov, pairs = split(fmp4_av)
     tracks = parse_moov(moov)
     moof = pairs[3][0]
     expected = parse_moof(moof, tracks)
@@ -178,7 +164,7 @@ def test_tfdt_version_1_and_version_0_are_read(fmp4_av: bytes) -> None:
 
 
 def test_a_traf_without_default_base_is_moof_is_rejected(fmp4_av: bytes) -> None:
-    moov, pairs = fragments(fmp4_av)
+    _, moov, pairs = split(fmp4_av)
     tracks = parse_moov(moov)
     moof = bytearray(pairs[1][0])
     pos = moof.find(b"tfhd")
@@ -189,7 +175,7 @@ def test_a_traf_without_default_base_is_moof_is_rejected(fmp4_av: bytes) -> None
 
 
 def test_truncated_moof_is_an_error_not_a_crash(fmp4_av: bytes) -> None:
-    moov, pairs = fragments(fmp4_av)
+    _, moov, pairs = split(fmp4_av)
     tracks = parse_moov(moov)
     moof = bytearray(pairs[1][0][:60])
     struct.pack_into(">I", moof, 0, len(moof))
