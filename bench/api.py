@@ -282,14 +282,7 @@ def bench_request_path(args: argparse.Namespace) -> int:
         wait_up(f"{main_url}/health", procs[0], log)
         wait_up(bare, procs[1], bare_log)
 
-        user = {"username": "bencher", "email": "bencher@example.com", "password": "password123"}
-        status, _ = request("POST", f"{auth}/auth/register", {**user, "role": "streamer"})
-        assert status == 201, status
-        status, pair = request(
-            "POST", f"{auth}/auth/login", {"email": user["email"], "password": user["password"]}
-        )
-        assert status == 200, pair
-        token = pair["access_token"]
+        user, token = register_streamer(auth)
         status, stream = request("POST", f"{main_url}/api/streams", {"name": "bench"}, token)
         assert status == 201, stream
         api_url = f"{main_url}/api/streams/{stream['stream_id']}"
@@ -362,9 +355,8 @@ def _start_streamplat(
     return proc, ports, log
 
 
-def _prepare(ports: dict[str, int]) -> tuple[str, str]:
-    """A streamer with a few streams; (its token, the id of one stream)."""
-    auth, main_url = f"http://127.0.0.1:{ports['auth']}", f"http://127.0.0.1:{ports['main']}"
+def register_streamer(auth: str) -> tuple[dict[str, str], str]:
+    """Register the bench's streamer on the Auth service at `auth` and log in: (user, token)."""
     user = {"username": "bencher", "email": "bencher@example.com", "password": "password123"}
     status, _ = request("POST", f"{auth}/auth/register", {**user, "role": "streamer"})
     assert status == 201, status
@@ -372,7 +364,13 @@ def _prepare(ports: dict[str, int]) -> tuple[str, str]:
         "POST", f"{auth}/auth/login", {"email": user["email"], "password": user["password"]}
     )
     assert status == 200, pair
-    token = str(pair["access_token"])
+    return user, str(pair["access_token"])
+
+
+def _prepare(ports: dict[str, int]) -> tuple[str, str]:
+    """A streamer with a few streams; (its token, the id of one stream)."""
+    auth, main_url = f"http://127.0.0.1:{ports['auth']}", f"http://127.0.0.1:{ports['main']}"
+    _, token = register_streamer(auth)
     stream_id = ""
     for i in range(30):
         status, stream = request("POST", f"{main_url}/api/streams", {"name": f"bench {i}"}, token)

@@ -217,9 +217,8 @@ os.execv({ffmpeg!r}, [{ffmpeg!r}, *sys.argv[1:]])
 """
 
 
-def test_server_killed_mid_stream_and_mid_packaging_loses_nothing(
-    server_factory: Callable[..., ServerProcess], publishers: list[Publisher], tmp_path: Path
-) -> None:
+def packaging_holder(tmp_path: Path) -> tuple[Path, Path]:
+    """(an FFmpeg wrapper for ffmpeg.binary, its marker): packaging hangs until the marker goes."""
     marker = tmp_path / "hold-packaging"
     marker.touch()
     wrapper = tmp_path / "ffmpeg-wrapper"
@@ -227,6 +226,13 @@ def test_server_killed_mid_stream_and_mid_packaging_loses_nothing(
         textwrap.dedent(SLOW_PACKAGING.format(python=sys.executable, marker=str(marker), ffmpeg=FFMPEG))
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper, marker
+
+
+def test_server_killed_mid_stream_and_mid_packaging_loses_nothing(
+    server_factory: Callable[..., ServerProcess], publishers: list[Publisher], tmp_path: Path
+) -> None:
+    wrapper, marker = packaging_holder(tmp_path)
     srv = server_factory({**FAULT_ENV, "STREAMPLAT_FFMPEG__BINARY": str(wrapper)})
     token = srv.user_token("crasher")
     assert srv.proc is not None

@@ -10,10 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 import signal
-import stat
 import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ import pytest
 
 from streamplat.hls.playlist import PlaylistFacts, check_playlist
 from tests.integration.test_auth import assert_error, bearer
-from tests.integration.test_faults import SLOW_PACKAGING
+from tests.integration.test_faults import packaging_holder
 from tests.support.media import FFMPEG, Publisher, probe, wait_for
 from tests.support.server import ServerProcess, running_server
 
@@ -383,13 +380,7 @@ def test_sigkill_mid_stream_keeps_every_complete_segment_playable(
     whole, listed in the index after the restart, and init + segments play as one MP4."""
     # The restart records the stream, and a ready recording removes the folder this test reads:
     # hold the packaging (test_faults' FFmpeg wrapper) while the folder is checked.
-    marker = tmp_path / "hold-packaging"
-    marker.touch()
-    wrapper = tmp_path / "ffmpeg-wrapper"
-    wrapper.write_text(
-        textwrap.dedent(SLOW_PACKAGING.format(python=sys.executable, marker=str(marker), ffmpeg=FFMPEG))
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    wrapper, _ = packaging_holder(tmp_path)
     srv = server_factory({**LIVE_ENV, "STREAMPLAT_FFMPEG__BINARY": str(wrapper)})
     assert srv.proc is not None
     live = Live(srv, publishers, "llkill")
