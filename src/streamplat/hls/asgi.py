@@ -201,8 +201,10 @@ class HlsFastPath:
         if edge == b"nginx":
             # Only this header: nginx passes some headers of this answer (Cache-Control,
             # Content-Type) on to the final response.
+            # 307 like the direct answer (nginx follows the header whatever the status), so the
+            # metrics count these as redirects.
             target = f"{NODE_PREFIX}{host}:{port}{tail}".encode()
-            return 200, Blob(b"", [(b"x-accel-redirect", target), (b"content-length", b"0")])
+            return 307, Blob(b"", [(b"x-accel-redirect", target), (b"content-length", b"0")])
         public = owner.public_host
         if ":" in public and not public.startswith("["):
             public = f"[{public}]"

@@ -1,0 +1,336 @@
+"""Players through the nginx edge (deploy/nginx/streamplat.conf, 1 worker) beside the same players direct.
+
+    .venv/bin/python bench/edge.py [--players 2000] [--ll-players 200] [--seconds 30] [--video-kbps 600]
+
+Needs Debian's nginx-light, openssl and wrk (`apt-get install nginx-light wrk`).
+
+One real `streamplat serve` (temporary data dir, free ports, SQLite) with one stream fed by a
+realtime-paced FFmpeg publisher over SRT, and Debian's nginx running the deploy template
+(tests/support/cluster.py renders it: the node as the only upstream, a self-signed certificate,
+1 worker). The template's TLS server block gets one extra plain-HTTP listener, so the simulated
+players (bench/llhls.py's simulator, one asyncio process, no TLS) go through exactly the same
+locations, cache and headers; TLS's own cost is measured apart with wrk over HTTPS.
+
+Measured, one after the other on the same live stream:
+  [players]   --players legacy players (playlist every TARGETDURATION + each new segment) for
+              --seconds, direct to the node's Stream App, then through nginx: segment download
+              p50/p99, received after first listed p50/p99, players behind, errors, CPU of the
+              node, nginx's worker and the simulator.
+  [ll]        --ll-players LL-HLS players (blocking reload for the next part + each new part),
+              direct then through nginx: a part received after the server cut it (the part's
+              `created` in /stream/{id}/status) p50/p99, and the difference nginx adds.
+  [reqs]      wrk on one segment: direct, through nginx over plain HTTP and over HTTPS (cache
+              hits), --connections connections for --reqs-seconds each.
+
+Everything shares this machine's cores (the load generator too): each line prints its direct
+reference from the same run and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parent.parent
+sys.path[:0] = [str(HERE.parent), str(ROOT), str(ROOT / "src")]
+
+import api as api_bench  # noqa: E402  (bench/api.py: wrk)
+import llhls  # noqa: E402  (bench/llhls.py: publisher, simulator, playlist parser)
+from tests.support.cluster import NginxProcess, make_certificate, nginx_available  # noqa: E402
+
+MODES = ("players", "ll", "reqs")
+GOALS = {"segment_p99_s": 0.5, "behind": 0, "added_latency_s": 0.2}
+
+
+def log(message: str) -> None:
+    llhls.log(message)
+
+
+class Edge:
+    """The node with its live stream, and nginx in front of it."""
+
+    def __init__(self, tmp: Path, kbps: int) -> None:
+        from tests.support.server import make_server
+
+        self.tmp = tmp
+        self.node = make_server(tmp, {"STREAMPLAT_LOGGING__LEVEL": "info"}, name="node")
+        self.node.start(timeout=60)
+        self.publisher: subprocess.Popen[bytes] | None = None
+        self.nginx: NginxProcess | None = None
+        try:
+            self._start(tmp, kbps)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, tmp: Path, kbps: int) -> None:
+        token = self.node.user_token("edgebench")
+        headers = {"Authorization": f"Bearer {token}"}
+        r = self.node.main.post("/api/streams", json={"name": "edge"}, headers=headers)
+        assert r.status_code == 201, r.text
+        self.sid = str(r.json()["stream_id"])
+        r = self.node.main.post(f"/api/streams/{self.sid}/start", headers=headers)
+        assert r.status_code == 200, r.text
+        time.sleep(0.5)  # start returns once FFmpeg bound the port; keep a margin like the tests
+        self.publisher = subprocess.Popen(
+            llhls.publisher_argv(str(r.json()["srt_url"]), kbps, 3600), stdout=subprocess.DEVNULL
+        )
+        cert, key = make_certificate(tmp / "tls")
+        self.nginx = NginxProcess(tmp / "nginx", cert, key, plain_port=api_bench.free_port())
+        self.nginx.write_conf([self.node.ports], connections=16384)
+        self.nginx.start()
+
+    def direct(self, path: str) -> str:
+        return self.node.url("stream", path)
+
+    def through(self, path: str) -> str:
+        assert self.nginx is not None
+        return self.nginx.plain_url(path)
+
+    def nginx_https(self, path: str) -> str:
+        assert self.nginx is not None
+        return self.nginx.https_url(path)
+
+    @property
+    def playlist(self) -> str:
+        return f"/hls/{self.sid}/stream.m3u8"
+
+    @property
+    def status_url(self) -> str:
+        return self.direct(f"/stream/{self.sid}/status")
+
+    def node_pid(self) -> int:
+        assert self.node.proc is not None
+        return self.node.proc.pid
+
+    def stop(self) -> None:
+        llhls.stop_process(self.publisher, signal.SIGKILL)
+        if self.nginx is not None:
+            self.nginx.stop()
+        self.node.stop(timeout=30)
+
+
+def wait_live(edge: Edge) -> None:
+    """Until the playlist lists four segments (a full window for joining players)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, body = llhls.http_get(edge.direct(edge.playlist))
+        if status == 200 and len(llhls.parse_playlist(body.decode(errors="replace")).segments) >= 4:
+            return
+        time.sleep(0.5)
+    sys.exit("the stream did not go live")
+
+
+def simulate(edge: Edge, url: str, players: int, seconds: float, ll: bool, via_nginx: bool) -> dict[str, Any]:
+    """bench/llhls.py's simulator against `url`, with the CPU of the node and of nginx's worker."""
+    assert edge.nginx is not None
+    worker = edge.nginx.worker_pid()
+    pids = {"node": edge.node_pid(), "nginx": worker if via_nginx else None}
+    before = {k: llhls.cpu_seconds(p) for k, p in pids.items() if p}
+    started = time.monotonic()
+    result = llhls.run_simulator(url, players, seconds, ll, None, edge.status_url if ll else None)
+    wall = time.monotonic() - started
+    for k, p in pids.items():
+        if p and k in before:
+            with contextlib.suppress(OSError):
+                result[f"{k}_cpu"] = (llhls.cpu_seconds(p) - before[k]) / wall
+    result["load"] = os.getloadavg()[0]
+    return result
+
+
+def segment_url(edge: Edge) -> str:
+    status, body = llhls.http_get(edge.direct(edge.playlist))
+    assert status == 200
+    media = llhls.parse_playlist(body.decode(errors="replace"))
+    return f"/hls/{edge.sid}/{media.segments[-2][1]}"
+
+
+def reqs(edge: Edge, seconds: float, connections: int) -> dict[str, Any]:
+    """wrk on one segment: direct, nginx plain HTTP, nginx HTTPS (after one request warms the cache)."""
+    path = segment_url(edge)
+    out: dict[str, Any] = {}
+    for name, url in (
+        ("direct", edge.direct(path)),
+        ("nginx http", edge.through(path)),
+        ("nginx https", edge.nginx_https(path)),
+    ):
+        llhls.http_get(edge.through(path))
+        result = api_bench.run_wrk(url, seconds, connections)
+        out[name] = {**vars(result), "load": os.getloadavg()[0]}
+        log(f"  {name}: {result.requests_per_second:.0f} req/s, p99 {result.p99_ms:.1f} ms")
+    _, body = llhls.http_get(edge.through(path))
+    out["bytes"] = len(body)
+    return out
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else f"{value:{spec}}"
+
+
+def diff(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None else f"{a - b:+.3f}"
+
+
+def row(*cells: object) -> None:
+    print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def pct(result: dict[str, Any], key: str) -> str:
+    return fmt(result.get(key), ".0%")
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = os.getloadavg()[0]
+    print(f"\n# Edge bench, {when}; {os.cpu_count()} cores; nginx 1 worker; load average now {load:.2f}")
+    print(f"publisher: 640x360 30 fps x264 {args.video_kbps} kbps + AAC, GOP 1 s; one stream\n")
+    row("measure", "through nginx", "direct", "nginx - direct", "goal")
+    row("---", "---", "---", "---", "---")
+    players = results.get("players")
+    if players:
+        n, d = players["nginx"], players["direct"]
+        label = f"{args.players} legacy players, {args.seconds:g} s"
+        if "missing" in n or "missing" in d:
+            row(label, n.get("missing", ""), d.get("missing", ""), "", "")
+        else:
+            for what, key, goal in (
+                ("segment download p50 (s)", "download_p50", ""),
+                ("segment download p99 (s)", "download_p99", f"< {GOALS['segment_p99_s']} s"),
+                ("segment received after first listed p50 (s)", "delay_p50", ""),
+                ("segment received after first listed p99 (s)", "delay_p99", ""),
+            ):
+                row(f"{label}: {what}", fmt(n.get(key)), fmt(d.get(key)), diff(n.get(key), d.get(key)), goal)
+            row(
+                f"{label}: players behind / errors",
+                f"{n['behind']} / {n['errors']}",
+                f"{d['behind']} / {d['errors']}",
+                "",
+                "0 behind",
+            )
+            row(f"{label}: requests", n["requests"], d["requests"], "", "")
+            row(
+                f"{label}: CPU (share of one core) node / nginx worker / simulator",
+                f"{pct(n, 'node_cpu')} / {pct(n, 'nginx_cpu')} / {pct(n, 'simulator_cpu')}",
+                f"{pct(d, 'node_cpu')} / - / {pct(d, 'simulator_cpu')}",
+                "",
+                "",
+            )
+            row(f"{label}: load average at the end", f"{n['load']:.2f}", f"{d['load']:.2f}", "", "")
+    ll = results.get("ll")
+    if ll:
+        n, d = ll["nginx"], ll["direct"]
+        label = f"{args.ll_players} LL-HLS players, {args.seconds:g} s"
+        if "missing" in n or "missing" in d:
+            row(label, n.get("missing", ""), d.get("missing", ""), "", "")
+        else:
+            for what, key, goal in (
+                ("part cut -> delivered p50 (s)", "after_created_p50", f"<= +{GOALS['added_latency_s']} s"),
+                ("part cut -> delivered p99 (s)", "after_created_p99", ""),
+                ("part download p99 (s)", "download_p99", ""),
+            ):
+                row(f"{label}: {what}", fmt(n.get(key)), fmt(d.get(key)), diff(n.get(key), d.get(key)), goal)
+            row(
+                f"{label}: parts timed / players behind / errors",
+                f"{n['after_created_n']} / {n['behind']} / {n['errors']}",
+                f"{d['after_created_n']} / {d['behind']} / {d['errors']}",
+                "",
+                "",
+            )
+            row(
+                f"{label}: CPU node / nginx worker",
+                f"{pct(n, 'node_cpu')} / {pct(n, 'nginx_cpu')}",
+                f"{pct(d, 'node_cpu')} / -",
+                "",
+                "",
+            )
+            row(f"{label}: load average at the end", f"{n['load']:.2f}", f"{d['load']:.2f}", "", "")
+    r = results.get("reqs")
+    if r:
+        base = r["direct"]
+        for name in ("nginx http", "nginx https"):
+            x = r[name]
+            row(
+                f"one {r['bytes']} B segment, wrk {args.connections} conn.: {name} req/s (p99 ms)",
+                f"{x['requests_per_second']:.0f} ({x['p99_ms']:.1f})",
+                f"{base['requests_per_second']:.0f} ({base['p99_ms']:.1f})",
+                f"x{x['requests_per_second'] / base['requests_per_second']:.2f}",
+                "",
+            )
+    print(
+        "\nReceived after first listed = receipt - when the simulator's monitor first saw the segment in a "
+        "playlist (so the players' polling phase is in it). Part cut -> delivered = receipt (wall clock) - "
+        "the part's `created` in the node's status: the latency a viewer gets from the edge. Behind = the "
+        "newest media a player had was listed longer ago than it buffers. The simulator runs on the same "
+        "cores as the node and nginx."
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
+    parser.add_argument("--players", type=int, default=2000, help="simulated legacy players")
+    parser.add_argument("--ll-players", type=int, default=200, help="simulated LL-HLS players")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each simulation")
+    parser.add_argument("--video-kbps", type=int, default=600, help="publisher video bitrate")
+    parser.add_argument("--reqs-seconds", type=float, default=5.0, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    args = parser.parse_args()
+    modes = {m.strip() for m in args.only.split(",") if m.strip()}
+    if unknown := modes - set(MODES):
+        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    if missing := nginx_available():
+        print(f"bench/edge.py needs: {missing}", file=sys.stderr)
+        return 2
+    if "reqs" in modes and shutil.which("wrk") is None:
+        print("bench/edge.py [reqs] needs: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="streamplat-bench-edge-"))
+    results: dict[str, Any] = {}
+    edge: Edge | None = None
+    try:
+        edge = Edge(tmp, args.video_kbps)
+        wait_live(edge)
+        for mode, ll, count in (("players", False, args.players), ("ll", True, args.ll_players)):
+            if mode not in modes:
+                continue
+            results[mode] = {}
+            for where, url in (
+                ("direct", edge.direct(edge.playlist)),
+                ("nginx", edge.through(edge.playlist)),
+            ):
+                log(f"{count} {'LL-HLS' if ll else 'legacy'} players {where} for {args.seconds:g} s")
+                results[mode][where] = simulate(edge, url, count, args.seconds, ll, where == "nginx")
+                summary = {k: v for k, v in results[mode][where].items() if not isinstance(v, list)}
+                log(f"  {json.dumps(summary)}")
+        if "reqs" in modes:
+            log("wrk on one segment")
+            results["reqs"] = reqs(edge, args.reqs_seconds, args.connections)
+        report(results, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    finally:
+        if edge is not None:
+            edge.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
