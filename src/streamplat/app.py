@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,13 +31,20 @@ from streamplat.auth.ratelimit import RateLimiter
 from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.cluster import EventRelay, RedisCollector, RedisLink, SharedRateLimiter, SharedViewerTracker
 from streamplat.config import Settings
-from streamplat.db import create_engine, ensure_reachable, migrate, session_factory
+from streamplat.db import create_engine, ensure_reachable, migrate, schema_revisions, session_factory
 from streamplat.events import EventBus, StreamChanged
 from streamplat.hls.asgi import HlsFastPath
 from streamplat.hls.disk import finalise_index
 from streamplat.http import RequestContext, build_app
 from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
 from streamplat.metrics import PlatformMetrics, metrics_endpoint
+from streamplat.nodes import (
+    NodeRegistry,
+    internal_token,
+    load_or_create_node_id,
+    secret_fingerprint,
+    stream_url_of,
+)
 from streamplat.realtime import RealtimeHub, events_socket
 from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.controllers import main_stream_router, stream_app_router
@@ -68,6 +76,7 @@ class Platform:
     streams: StreamService
     recordings: RecordingService
     hub: RealtimeHub
+    nodes: NodeRegistry
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -111,7 +120,7 @@ class Platform:
         self.engine = create_engine(s.database_url)
         self._stack.push_async_callback(self.engine.dispose)
         await ensure_reachable(self.engine)  # DatabaseUnreachable names the host, not a traceback
-        await migrate(self.engine)
+        await migrate(self.engine)  # SchemaNewer when another node's newer code migrated past us
         self.sessions = session_factory(self.engine)
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
         passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)
@@ -122,6 +131,9 @@ class Platform:
             self._stack.callback(principals.detach, bus)
         if s.redis.url:
             await self._start_redis()
+        # Before the stream service, which asks it whose streams are whose, and stopped after it:
+        # this node's streams end before its row says it left.
+        self.nodes = await self._stack.enter_async_context(await self._node_registry(secret))
         self.auth = AuthService(
             self.sessions,
             passwords,
@@ -199,16 +211,44 @@ class Platform:
                 storage_problem=self.storage_problem,
                 stage_recording=self.recordings.stage_recording,
                 read_cache_seconds=s.server.read_cache_seconds,
+                nodes=self.nodes,
             )
         )
+        # Lost nodes are claimed only while the stream service runs (it stops their streams);
+        # at shutdown this is undone first (the stack unwinds in reverse).
+        self.nodes.recover = self.streams.stop_lost_node_streams
+        self._stack.callback(setattr, self.nodes, "recover", None)
         self.remote_bus.subscribe(StreamChanged, self._on_remote_stream_changed)
         self._stack.callback(self.remote_bus.unsubscribe, StreamChanged, self._on_remote_stream_changed)
         log.info(
-            "platform started data_dir=%s database=%s ffmpeg=%s redis=%s",
+            "platform started node=%s data_dir=%s database=%s ffmpeg=%s redis=%s",
+            self.nodes.node_id,
             s.data_path,
             _safe_url(s.database_url),
             ffmpeg,
             self.redis.safe_url if self.redis is not None else "off",
+        )
+
+    async def _node_registry(self, secret: str) -> NodeRegistry:
+        """This node's registry entry ([cluster]); entering it refuses to join a cluster that
+        disagrees (ClusterMismatch: same node_id alive, another secret, clock skew)."""
+        s = self.settings
+        c = s.cluster
+        node_id = load_or_create_node_id(c.node_id, s.data_path)
+        revision, _ = await schema_revisions(self.engine)
+        return NodeRegistry(
+            self.sessions,
+            node_id=node_id,
+            public_host=s.server.public_host,
+            stream_url=stream_url_of(c.internal_stream_url, s.server.public_host, s.server.stream_port),
+            instance=f"{socket.gethostname()}:{s.data_path}",
+            secret_fingerprint=secret_fingerprint(secret),
+            schema_revision=revision or "",
+            heartbeat_seconds=c.heartbeat_seconds,
+            node_timeout_seconds=c.node_timeout_seconds,
+            max_clock_skew_seconds=c.max_clock_skew_seconds,
+            buses=(self.bus, self.remote_bus),
+            internal_token=internal_token(secret),
         )
 
     async def _start_redis(self) -> None:

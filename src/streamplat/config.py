@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -153,6 +154,24 @@ class RedisSettings(_Section):
     viewer_flush_seconds: float = 1.0  # how often HLS fetches are counted into Redis
 
 
+class ClusterSettings(_Section):
+    """Several `streamplat serve` nodes on one PostgreSQL database (streamplat.nodes).
+
+    Single-node needs none of it: the defaults name the node once (a file in the data directory)
+    and the registry then has only this node in it.
+    """
+
+    # Empty: read from <data_dir>/node_id, written with a fresh id on the first start.
+    node_id: str = ""
+    # Base URL of this node's Stream App as other nodes (and nginx) reach it. Empty:
+    # http://<server.public_host>:<server.stream_port>.
+    internal_stream_url: str = ""
+    heartbeat_seconds: float = 2.0  # how often this node writes its heartbeat and reads the others'
+    node_timeout_seconds: float = 10.0  # a node silent this long is lost: its streams are stopped
+    # Refuse to start when this machine's clock and the database's differ by more than this.
+    max_clock_skew_seconds: float = 2.0
+
+
 class MetricsSettings(_Section):
     # Empty: /metrics answers clients on this machine only (loopback). Set: it answers anyone
     # sending `Authorization: Bearer <token>`, and no one else.
@@ -176,6 +195,7 @@ class Settings(_Section):
     object_storage: ObjectStorageSettings = msgspec.field(default_factory=ObjectStorageSettings)
     websocket: WebsocketSettings = msgspec.field(default_factory=WebsocketSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
@@ -343,6 +363,33 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"redis.{key}: must be more than 0 and at most 60")
     if not 0.1 <= rd.viewer_flush_seconds <= 10:
         raise ConfigError("redis.viewer_flush_seconds: must be between 0.1 and 10")
+    _validate_cluster(settings.cluster)
+
+
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _validate_cluster(c: ClusterSettings) -> None:
+    if c.node_id and not NODE_ID.fullmatch(c.node_id):
+        raise ConfigError(
+            f"cluster.node_id: {c.node_id!r} must be 1 to 64 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit), or empty to use <data_dir>/node_id"
+        )
+    url = c.internal_stream_url
+    if url and (not url.startswith(("http://", "https://")) or "@" in url or any(ch in url for ch in "?# ")):
+        raise ConfigError(
+            f"cluster.internal_stream_url: {url!r} must be an http(s):// base URL without credentials, "
+            "query or spaces (or empty: http://<server.public_host>:<server.stream_port>)"
+        )
+    if not 0.1 <= c.heartbeat_seconds <= 60:
+        raise ConfigError("cluster.heartbeat_seconds: must be between 0.1 and 60")
+    if not 2 * c.heartbeat_seconds < c.node_timeout_seconds <= 3600:
+        raise ConfigError(
+            "cluster.node_timeout_seconds: must be more than twice cluster.heartbeat_seconds "
+            "(one late heartbeat must not lose a node) and at most 3600"
+        )
+    if not 0.1 <= c.max_clock_skew_seconds <= 3600:
+        raise ConfigError("cluster.max_clock_skew_seconds: must be between 0.1 and 3600")
 
 
 def _validate_object_storage(o: ObjectStorageSettings) -> None:

@@ -182,10 +182,26 @@ def _alembic_config(connection: Connection) -> Any:
     return cfg
 
 
+class SchemaNewer(Exception):
+    """The database's schema was migrated by newer code than this (the message names both)."""
+
+
 def _upgrade(connection: Connection) -> None:
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
-    command.upgrade(_alembic_config(connection), "head")
+    cfg = _alembic_config(connection)
+    current = MigrationContext.configure(connection).get_current_revision()
+    script = ScriptDirectory.from_config(cfg)
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        # Another node (or a newer install) migrated past us: running would misread its rows.
+        raise SchemaNewer(
+            f"the database schema is at revision {current!r}, newer than this code knows "
+            f"(its newest is {script.get_current_head()!r}): upgrade streamplat on this node"
+        )
+    command.upgrade(cfg, "head")
 
 
 def _revisions(connection: Connection) -> tuple[str | None, str | None]:
@@ -207,6 +223,6 @@ async def schema_revisions(engine: AsyncEngine) -> tuple[str | None, str | None]
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Apply every pending schema migration (idempotent)."""
+    """Apply every pending schema migration (idempotent); SchemaNewer if the database is ahead."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)

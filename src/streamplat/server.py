@@ -28,7 +28,8 @@ from litestar import Litestar
 from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
-from streamplat.db import DatabaseUnreachable
+from streamplat.db import DatabaseUnreachable, SchemaNewer
+from streamplat.nodes import ClusterMismatch
 from streamplat.protocols import http_protocol
 from streamplat.vod.objectstore import ObjectStorageError
 
@@ -181,7 +182,7 @@ async def serve(settings: Settings) -> None:
         except ObjectStorageError as exc:
             # Only the start-up check lets this out: uploads handle their own failures.
             raise StartupError(exc.reason) from None
-        except DatabaseUnreachable as exc:  # raised only while the platform starts
+        except (DatabaseUnreachable, SchemaNewer, ClusterMismatch) as exc:  # raised only while starting
             raise StartupError(str(exc)) from None
 
 

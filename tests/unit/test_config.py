@@ -49,6 +49,13 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_REDIS__KEY_PREFIX": ""}, "redis.key_prefix"),
         ({"STREAMPLAT_REDIS__CONNECT_TIMEOUT_SECONDS": "0"}, "redis.connect_timeout_seconds"),
         ({"STREAMPLAT_REDIS__VIEWER_FLUSH_SECONDS": "0"}, "redis.viewer_flush_seconds"),
+        ({"STREAMPLAT_CLUSTER__NODE_ID": "a b"}, "cluster.node_id"),
+        ({"STREAMPLAT_CLUSTER__NODE_ID": "x" * 65}, "cluster.node_id"),
+        ({"STREAMPLAT_CLUSTER__INTERNAL_STREAM_URL": "10.0.0.5:9090"}, "cluster.internal_stream_url"),
+        ({"STREAMPLAT_CLUSTER__INTERNAL_STREAM_URL": "http://u:p@h:1"}, "cluster.internal_stream_url"),
+        ({"STREAMPLAT_CLUSTER__HEARTBEAT_SECONDS": "0"}, "cluster.heartbeat_seconds"),
+        ({"STREAMPLAT_CLUSTER__NODE_TIMEOUT_SECONDS": "3"}, "cluster.node_timeout_seconds"),
+        ({"STREAMPLAT_CLUSTER__MAX_CLOCK_SKEW_SECONDS": "0"}, "cluster.max_clock_skew_seconds"),
         ({"STREAMPLAT_INGEST__PART_SECONDS": "0.05"}, "ingest.part_seconds"),
         ({"STREAMPLAT_INGEST__PART_SECONDS": "1.5"}, "at most segment_seconds"),
         ({"STREAMPLAT_INGEST__MEMORY_SEGMENTS": "3"}, "ingest.memory_segments"),
@@ -69,6 +76,22 @@ def test_default_database_lives_in_the_data_dir(tmp_path: Path) -> None:
 
 def test_redis_is_off_by_default() -> None:
     assert load(None, environ={}).redis.url == ""
+
+
+def test_cluster_defaults_need_no_config_and_short_test_timings_are_accepted() -> None:
+    c = load(None, environ={}).cluster
+    assert (c.node_id, c.internal_stream_url, c.heartbeat_seconds, c.node_timeout_seconds) == ("", "", 2, 10)
+    assert c.max_clock_skew_seconds == 2.0
+    short = load(
+        None,
+        environ={
+            "STREAMPLAT_CLUSTER__NODE_ID": "node-a.1",
+            "STREAMPLAT_CLUSTER__HEARTBEAT_SECONDS": "0.5",
+            "STREAMPLAT_CLUSTER__NODE_TIMEOUT_SECONDS": "3",
+            "STREAMPLAT_CLUSTER__INTERNAL_STREAM_URL": "http://10.0.0.5:9090",
+        },
+    ).cluster
+    assert (short.node_id, short.heartbeat_seconds, short.node_timeout_seconds) == ("node-a.1", 0.5, 3.0)
 
 
 def test_object_storage_is_off_by_default_and_validated() -> None:

@@ -14,7 +14,9 @@ from streamplat.errors import NotFound, responses
 from streamplat.httpfiles import file_response, file_responses
 from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams.schemas import (
+    INTERNAL_TOKEN_HEADER,
     IngestStatusOut,
+    InternalStop,
     KeyRotated,
     StreamCreate,
     StreamCreated,
@@ -112,7 +114,7 @@ async def start_stream(
     "/api/streams/{stream_id:str}/stop",
     status_code=200,
     guards=[requires_login],
-    responses=responses(401, 403, 404, 409),
+    responses=responses(401, 403, 404, 409, 503),
 )
 async def stop_stream(
     stream_id: StreamIdPath, principal: Caller, request: Request[Any, Any, Any]
@@ -138,7 +140,7 @@ async def rotate_key(
     "/api/streams/{stream_id:str}",
     status_code=200,
     guards=[requires_login],
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 503),
 )
 async def delete_stream(
     stream_id: StreamIdPath, principal: Caller, request: Request[Any, Any, Any]
@@ -207,6 +209,14 @@ async def ingest_status(stream_id: StreamIdPath, streams: Streams) -> IngestStat
     )
 
 
+@post("/internal/streams/{stream_id:str}/stop", status_code=200, include_in_schema=False)
+async def internal_stop(
+    stream_id: StreamIdPath, data: JSONBody[InternalStop], request: Request[Any, Any, Any], streams: Streams
+) -> StreamStopped:
+    """Stop a stream this node ingests, for another node (authenticated by the cluster's token)."""
+    return await streams.stop_forwarded(stream_id, request.headers.get(INTERNAL_TOKEN_HEADER), data.reason)
+
+
 def _touch(request: Request[Any, Any, Any], streams: StreamService, stream_id: str) -> None:
     client = request.client.host if request.client else None
     streams.touch_viewer(stream_id, viewer_key(client, request.headers.get("user-agent")))
@@ -257,7 +267,7 @@ def stream_app_router() -> Router:
     """Routes of the Stream App."""
     return Router(
         path="/",
-        route_handlers=[ingest_status, hls_playlist, hls_segment],
+        route_handlers=[ingest_status, hls_playlist, hls_segment, internal_stop],
         dependencies={"streams": Provide(provide_streams, sync_to_thread=False)},
         tags=["stream-app"],
     )

@@ -26,6 +26,9 @@ class Stream(Base):
     status: Mapped[str] = mapped_column(String(16), default=CREATED, index=True)
     stream_key: Mapped[str] = mapped_column(String(64))
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The node whose port and FFmpeg ingest the stream (streamplat.nodes); set at start and kept
+    # after the stop for the record. NULL for streams started before nodes existed.
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

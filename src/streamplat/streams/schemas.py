@@ -37,6 +37,16 @@ class StreamStarted(msgspec.Struct):
     stream_key: str
 
 
+# Header carrying the cluster's internal token on calls between nodes (streamplat.nodes).
+INTERNAL_TOKEN_HEADER = "x-streamplat-internal"
+
+
+class InternalStop(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /internal/streams/{id}/stop: another node forwards a stop it authorised."""
+
+    reason: str | None = None
+
+
 class StreamStopped(msgspec.Struct):
     stream_id: str
     status: str

@@ -20,18 +20,26 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, func, select
+import msgspec
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth import Principal, User
 from streamplat.db import isoformat, utcnow
-from streamplat.errors import Conflict, Forbidden, InsufficientStorage, NotFound, ServiceUnavailable
+from streamplat.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from streamplat.events import (
     EventBus,
     IngestGaveUp,
@@ -92,6 +100,19 @@ class Ingest(Protocol):
     def status(self, stream_id: str) -> IngestStatusLike | None: ...
 
 
+class Nodes(Protocol):
+    """What the service needs of the node registry (streamplat.nodes.NodeRegistry)."""
+
+    node_id: str
+
+    def public_host_of(self, node_id: str | None) -> str: ...
+    def alone(self) -> bool: ...
+    async def forward_stop(
+        self, node_id: str, stream_id: str, reason: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
+    def check_internal_token(self, token: str | None) -> bool: ...
+
+
 class PlaylistFinaliser(Protocol):
     def __call__(self, hls_dir: Path) -> None: ...
 
@@ -110,11 +131,14 @@ class RecordingStager(Protocol):
 @dataclass(frozen=True, slots=True)
 class StreamLinks:
     public_host: str
+    nodes: Nodes | None = None
 
     def srt_url(self, stream: Stream) -> str | None:
+        """The URL for OBS, naming the node that listens for it (its own port pool)."""
         if stream.port is None:
             return None
-        return f"srt://{self.public_host}:{stream.port}?streamid={stream.id}&passphrase={stream.stream_key}"
+        host = self.public_host if self.nodes is None else self.nodes.public_host_of(stream.node_id)
+        return f"srt://{host}:{stream.port}?streamid={stream.id}&passphrase={stream.stream_key}"
 
     @staticmethod
     def hls_url(stream_id: str) -> str:
@@ -148,6 +172,7 @@ class StreamService:
         storage_problem: Callable[[], str | None] = lambda: None,
         stage_recording: RecordingStager | None = None,
         read_cache_seconds: float = 0.0,
+        nodes: Nodes | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -155,7 +180,10 @@ class StreamService:
         self._ports = ports
         self.viewers = viewers
         self._hls_root = hls_root
-        self._links = StreamLinks(public_host)
+        self._links = StreamLinks(public_host, nodes)
+        # Without a registry (unit tests, tools) the service is a node of its own with no id.
+        self._nodes = nodes
+        self.node_id = nodes.node_id if nodes is not None else None
         self._finalise_playlist = finalise_playlist
         self._viewer_push_interval = viewer_push_interval
         self._storage_problem = storage_problem
@@ -217,10 +245,17 @@ class StreamService:
         await self._tasks.__aexit__(None, None, None)
 
     async def _live_ids(self) -> list[str]:
+        """This node's live streams (shutdown and start-up touch no other node's)."""
+        query = select(Stream.id).where(Stream.status.in_(LIVE_STATUSES))
+        if self.node_id is not None:
+            mine: ColumnElement[bool] = Stream.node_id == self.node_id
+            if self._nodes is None or self._nodes.alone():
+                # Streams started before nodes existed have no node_id: on a lone node they were
+                # its own; beside other nodes, nobody can tell, so none of them touches them.
+                mine = or_(mine, Stream.node_id.is_(None))
+            query = query.where(mine)
         async with self._sessions() as session:
-            return list(
-                (await session.scalars(select(Stream.id).where(Stream.status.in_(LIVE_STATUSES)))).all()
-            )
+            return list((await session.scalars(query)).all())
 
     async def reconcile(self) -> None:
         """Streams left live by a crash: finalise their playlists, stop them, hand media to VOD."""
@@ -503,6 +538,7 @@ class StreamService:
             # dropped), and a failing commit leaves no FFmpeg running and no port taken.
             stream.status = WAITING
             stream.port = port
+            stream.node_id = self.node_id
             stream.started_at = utcnow()
             stream.status_reason = None
             try:
@@ -553,9 +589,18 @@ class StreamService:
         await self._bus.publish(StreamStatusChanged(stream.id, CREATED, stream.user_id, stream.status_reason))
 
     async def stop_stream(
-        self, stream_id: str, actor: Principal | None = None, reason: str | None = None
+        self,
+        stream_id: str,
+        actor: Principal | None = None,
+        reason: str | None = None,
+        *,
+        forwarded: bool = False,
     ) -> StreamStopped:
-        """Stop a live stream: end FFmpeg gracefully, free the port, queue the recording."""
+        """Stop a live stream: end FFmpeg gracefully, free the port, queue the recording.
+
+        A stream ingested by another node is stopped by that node (the one with its FFmpeg and
+        media, so its recording is made there, once): the command is forwarded to it.
+        """
         async with self._locked(stream_id):
             async with self._sessions() as session:
                 stream, username = await self._get(session, stream_id)
@@ -563,6 +608,11 @@ class StreamService:
                     self._require_owner(stream, actor)
                 if stream.status not in LIVE_STATUSES:
                     raise Conflict(f"Stream is not live (status {stream.status})")
+            owner = stream.node_id
+            if owner is not None and self._nodes is not None and owner != self.node_id:
+                if forwarded:  # the sender's view of the owner is stale: never bounce it on
+                    raise Conflict(f"Stream is ingested by node {owner}, not by this node")
+                return await self._stop_on(owner, stream_id, reason)
             await self._ingest.stop(stream_id)
             recorded = await self._mark_stopped(stream_id, reason=reason)
         message = (
@@ -578,6 +628,78 @@ class StreamService:
             message=message,
             recording=recorded,
         )
+
+    async def _stop_on(self, node_id: str, stream_id: str, reason: str | None) -> StreamStopped:
+        """Have `node_id` stop the stream it ingests; its answer, or the error it gave."""
+        assert self._nodes is not None
+        try:
+            status, reply = await self._nodes.forward_stop(node_id, stream_id, reason)
+        except Exception as exc:  # OwnerUnreachable, with the node and the cause in its message
+            log.warning("stream=%s stop on node %s failed: %s", stream_id, node_id, exc)
+            raise ServiceUnavailable(f"Could not stop the stream: {exc}") from None
+        if status == 200:
+            try:
+                return msgspec.convert(reply, StreamStopped)
+            except msgspec.ValidationError:
+                pass
+        message = str(reply.get("message") or f"node {node_id} answered HTTP {status}")
+        log.warning("stream=%s stop on node %s answered %s: %s", stream_id, node_id, status, message)
+        if status == 409:
+            raise Conflict(message)
+        if status == 404:
+            raise NotFound(message)
+        raise ServiceUnavailable(f"Could not stop the stream on node {node_id}: {message}")
+
+    async def stop_forwarded(self, stream_id: str, token: str | None, reason: str | None) -> StreamStopped:
+        """Stop a stream this node ingests, for another node that authorised the caller."""
+        if self._nodes is None or not self._nodes.check_internal_token(token):
+            raise Unauthorized("Internal calls need the cluster's internal token")
+        return await self.stop_stream(stream_id, reason=reason, forwarded=True)
+
+    async def stop_lost_node_streams(
+        self, session: AsyncSession, node_id: str, reason: str
+    ) -> Callable[[], Awaitable[None]]:
+        """Mark the lost node's live streams stopped and stage their recordings in `session` (the
+        registry's claim, committed by it); returns what to announce after that commit."""
+        rows = (
+            await session.execute(
+                select(Stream, User.username)
+                .join(User, User.id == Stream.user_id)
+                .where(Stream.node_id == node_id, Stream.status.in_(LIVE_STATUSES))
+                .with_for_update(of=Stream)
+            )
+        ).all()
+        ended: list[tuple[Stream, str, bool]] = []
+        for stream, username in rows:
+            stream.status = STOPPED
+            stream.stopped_at = utcnow()
+            stream.port = None  # the port was the lost node's, not ours: nothing to release here
+            stream.status_reason = reason
+            staged = False
+            if self._stage_recording is not None:
+                # Its media is on the lost node's disk (or, with object storage, in the store):
+                # the VOD worker restores what it finds into this node's directory.
+                staged = await self._stage_recording(
+                    session,
+                    stream_id=stream.id,
+                    user_id=stream.user_id,
+                    title=stream.title,
+                    media_dir=self.hls_dir(stream.id),
+                )
+            ended.append((stream, username, staged))
+
+        async def announce() -> None:
+            for stream, username, staged in ended:
+                hls_dir = self.hls_dir(stream.id)
+                self._rows.invalidate(stream.id)
+                log.warning("stream=%s stopped: %s", stream.id, reason, extra={"stream_id": stream.id})
+                await self._bus.publish(StreamChanged(stream.id))
+                await self._bus.publish(StreamStatusChanged(stream.id, STOPPED, stream.user_id, reason))
+                if staged:
+                    ended_event = StreamEnded(stream.id, stream.user_id, username, stream.title, hls_dir)
+                    await self._bus.publish(ended_event)
+
+        return announce
 
     async def _mark_stopped(self, stream_id: str, reason: str | None) -> bool:
         """Write the stopped state (with its recording row) and announce it; True if there is media."""
