@@ -419,8 +419,14 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
     def touch(stream_id: str, host: str | None, agent: str | None) -> None:
         streams.touch_viewer(stream_id, viewer_key(host, agent))
 
+    # A live stream ingested by another node: nginx is told where (X-Accel-Redirect), a direct
+    # player is sent there (307); see hls/asgi.py and deploy/nginx/streamplat.conf.
     context.app = HlsFastPath(
-        context.app, platform.supervisor.live_store, touch=touch, cors_origins=s.cors_origins
+        context.app,
+        platform.supervisor.live_store,
+        touch=touch,
+        cors_origins=s.cors_origins,
+        owner=platform.nodes.stream_owner,
     )
     return apps
 

@@ -44,6 +44,7 @@ error_log {tmp}/error.log {log_level};
 events {{ worker_connections {connections}; }}
 http {{
     access_log {access_log};
+    # Debian's /etc/nginx/nginx.conf defaults, which the template's servers must cope with.
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
