@@ -51,6 +51,9 @@ class ServerSettings(_Section):
     # How long a stream row read by GET /api/streams/{id} or /stream/{id}/status is reused
     # without a query; changes through the API apply at once whatever this is. 0 = off.
     read_cache_seconds: float = 2.0
+    # Proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are believed:
+    # the client address behind them is what rate limits and viewer counts use.
+    trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
 
 
 class StorageSettings(_Section):
@@ -295,6 +298,14 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("server.header_timeout_seconds: must be more than 0 and at most 3600")
     if not 0 <= s.read_cache_seconds <= 60:
         raise ConfigError("server.read_cache_seconds: must be between 0 (off) and 60")
+    for proxy in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies: {proxy!r} is not an IP address or network "
+                "(e.g. 10.0.0.3, 10.0.0.0/24)"
+            ) from None
     if settings.metrics.token and len(settings.metrics.token) < 16:
         raise ConfigError("metrics.token: must be at least 16 characters (or empty: loopback only)")
     if settings.storage.min_free_bytes < 0:

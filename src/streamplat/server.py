@@ -159,6 +159,9 @@ def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
         # 5 s default closes idle connections just as clients reuse them
         # ("connection reset by peer"). 75 s is nginx's default.
         timeout_keep_alive=75,
+        # X-Forwarded-For / -Proto only from these (nginx, deploy/nginx/streamplat.conf).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.server.trusted_proxies,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )

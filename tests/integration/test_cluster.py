@@ -266,6 +266,10 @@ def test_forged_redirects_and_internal_paths_are_refused(
         assert r.json()["service"] == name and r.json()["status"] == "healthy", r.text
     assert edge.get("/metrics").status_code == 404
     assert edge.get("/", headers={"Accept": "text/html"}).status_code == 200
+    # The web app served through the origin reaches every service through it too.
+    config = edge.get("/app-config.json").json()
+    assert {config[f"{s}_port"] for s in SERVICE_NAMES} == {nginx.https_port}
+    assert a.main.get("/app-config.json").json()["auth_port"] == a.ports["auth"]
     assert edge.get(f"/hls/{sid}/stream.m3u8").headers["strict-transport-security"].startswith("max-age=")
     r = a.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
     assert r.status_code == 200, r.text

@@ -56,6 +56,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_CLUSTER__HEARTBEAT_SECONDS": "0"}, "cluster.heartbeat_seconds"),
         ({"STREAMPLAT_CLUSTER__NODE_TIMEOUT_SECONDS": "3"}, "cluster.node_timeout_seconds"),
         ({"STREAMPLAT_CLUSTER__MAX_CLOCK_SKEW_SECONDS": "0"}, "cluster.max_clock_skew_seconds"),
+        ({"STREAMPLAT_SERVER__TRUSTED_PROXIES": '["nginx.local"]'}, "server.trusted_proxies: 'nginx.local'"),
+        ({"STREAMPLAT_SERVER__TRUSTED_PROXIES": '["10.0.0.0/33"]'}, "server.trusted_proxies"),
         ({"STREAMPLAT_INGEST__PART_SECONDS": "0.05"}, "ingest.part_seconds"),
         ({"STREAMPLAT_INGEST__PART_SECONDS": "1.5"}, "at most segment_seconds"),
         ({"STREAMPLAT_INGEST__MEMORY_SEGMENTS": "3"}, "ingest.memory_segments"),
@@ -119,3 +121,9 @@ def test_object_storage_is_off_by_default_and_validated() -> None:
     # Credentials belong in the environment, never in a URL of the config.
     with pytest.raises(ConfigError, match="without credentials"):
         load(None, environ={"STREAMPLAT_OBJECT_STORAGE__ENDPOINT_URL": "http://key:secret@minio:9000"})
+
+
+def test_trusted_proxies_take_addresses_and_networks() -> None:
+    assert load(None, environ={}).server.trusted_proxies == ["127.0.0.1", "::1"]
+    s = load(None, environ={"STREAMPLAT_SERVER__TRUSTED_PROXIES": '["10.0.0.3", "fd00::/64"]'})
+    assert s.server.trusted_proxies == ["10.0.0.3", "fd00::/64"]

@@ -197,14 +197,26 @@ async def app_config(request: Request[Any, Any, Any]) -> Response[AppConfig]:
     """The ports of the four services and the HLS segment length, for the web app."""
     settings = request.app.state.platform.settings
     s = settings.server
+    ports = [s.auth_port, s.main_port, s.stream_port, s.vod_port]
+    if request.headers.get("x-streamplat-edge") == "nginx":
+        # Behind deploy/nginx/streamplat.conf every service is on the origin's one port.
+        ports = [_origin_port(request)] * 4
     body = AppConfig(
-        auth_port=s.auth_port,
-        main_port=s.main_port,
-        stream_port=s.stream_port,
-        vod_port=s.vod_port,
+        auth_port=ports[0],
+        main_port=ports[1],
+        stream_port=ports[2],
+        vod_port=ports[3],
         segment_seconds=settings.ingest.segment_seconds,
     )
     return Response(body, headers={"Cache-Control": REVALIDATE})
+
+
+def _origin_port(request: Request[Any, Any, Any]) -> int:
+    """The port the browser reached nginx on (X-Forwarded-Port, else the scheme's default)."""
+    sent = request.headers.get("x-forwarded-port", "")
+    if sent.isdigit() and 0 < int(sent) < 65536:
+        return int(sent)
+    return 443 if request.url.scheme == "https" else 80
 
 
 def web_router() -> Router:
