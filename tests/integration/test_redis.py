@@ -91,6 +91,8 @@ def test_viewer_counts_and_read_caches_are_shared(
     env = redis_env(
         redis_prefix,
         STREAMPLAT_STORAGE__DATABASE_URL=database,
+        # Nodes of one database share the JWT secret (streamplat.nodes refuses another one).
+        STREAMPLAT_AUTH__JWT_SECRET="r" * 48,
         STREAMPLAT_SERVER__READ_CACHE_SECONDS="60",
         STREAMPLAT_AUTH__PRINCIPAL_CACHE_SECONDS="60",
     )
