@@ -50,6 +50,7 @@ import llhls  # noqa: E402  (bench/llhls.py: publisher, simulator, playlist pars
 from tests.support.cluster import NginxProcess, make_certificate, nginx_available  # noqa: E402
 
 MODES = ("players", "ll", "reqs")
+ACCESS_LOG = bool(os.environ.get("TEST_EDGE_ACCESS_LOG"))  # nginx's access log with timings, kept
 GOALS = {"segment_p99_s": 0.5, "behind": 0, "added_latency_s": 0.2}
 
 
@@ -88,7 +89,7 @@ class Edge:
         )
         cert, key = make_certificate(tmp / "tls")
         self.nginx = NginxProcess(tmp / "nginx", cert, key, plain_port=api_bench.free_port())
-        self.nginx.write_conf([self.node.ports], connections=16384)
+        self.nginx.write_conf([self.node.ports], connections=16384, access_log=ACCESS_LOG)
         self.nginx.start()
 
     def direct(self, path: str) -> str:
@@ -328,7 +329,10 @@ def main() -> int:
     finally:
         if edge is not None:
             edge.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not ACCESS_LOG:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp} (nginx access log with timings)")
     return 0
 
 

@@ -265,6 +265,8 @@ def test_forged_redirects_and_internal_paths_are_refused(
         assert r.status_code == 200, r.text
         assert r.json()["service"] == name and r.json()["status"] == "healthy", r.text
     assert edge.get("/metrics").status_code == 404
+    r = edge.post(f"/internal/streams/{sid}/stop", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 404 and "stream" not in r.text.lower()
     assert edge.get("/", headers={"Accept": "text/html"}).status_code == 200
     # The web app served through the origin reaches every service through it too.
     config = edge.get("/app-config.json").json()

@@ -43,6 +43,8 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/error.log {log_level};
 events {{ worker_connections {connections}; }}
 http {{
+    log_format timed '$msec $request_time $upstream_connect_time $upstream_header_time $upstream_response_time '
+                     '$upstream_cache_status $status $body_bytes_sent "$request"';
     access_log {access_log};
     # Debian's /etc/nginx/nginx.conf defaults, which the template's servers must cope with.
     sendfile on;
@@ -113,7 +115,7 @@ def render_nginx_conf(
         user="user root root;" if os.geteuid() == 0 else "",
         tmp=tmp,
         log_level="info",
-        access_log=f"{tmp}/access.log" if access_log else "off",
+        access_log=f"{tmp}/access.log timed" if access_log else "off",
         connections=connections,
         conf=body,
     )
