@@ -43,8 +43,8 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/error.log {log_level};
 events {{ worker_connections {connections}; }}
 http {{
-    log_format timed '$msec $request_time $upstream_connect_time $upstream_header_time $upstream_response_time '
-                     '$upstream_cache_status $status $body_bytes_sent "$request"';
+    log_format timed '$msec $request_time $upstream_connect_time $upstream_header_time '
+                     '$upstream_response_time $upstream_cache_status $status $body_bytes_sent "$request"';
     access_log {access_log};
     # Debian's /etc/nginx/nginx.conf defaults, which the template's servers must cope with.
     sendfile on;
