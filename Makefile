@@ -54,6 +54,7 @@ bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/ws_redis.py
 	$(BIN)/python bench/llhls.py  # needs: apt-get install chromium nginx-light wrk
+	$(BIN)/python bench/edge.py  # needs: apt-get install nginx-light wrk
 
 clean: ## remove the virtualenv and caches (not your data directory)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

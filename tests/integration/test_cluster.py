@@ -115,17 +115,8 @@ def test_ingested_on_a_listed_watched_stopped_and_replayed_through_b_and_nginx(
     cluster: Cluster, edge: httpx.Client, publishers: list[Publisher]
 ) -> None:
     a, b, nginx = cluster.a, cluster.b, cluster.nginx
-    # Signed up and logged in through the origin (round robin over both nodes' Auth service).
-    r = edge.post(
-        "/auth/register",
-        json={
-            "username": "edgecaster",
-            "email": "edgecaster@example.com",
-            "password": "password123",
-            "role": "streamer",
-        },
-    )
-    assert r.status_code == 201, r.text
+    # Signed up on B, logged in through the origin (round robin over both nodes' Auth service).
+    b.register("edgecaster")
     r = edge.post("/auth/login", json={"email": "edgecaster@example.com", "password": "password123"})
     assert r.status_code == 200, r.text
     token = r.json()["access_token"]
