@@ -3,13 +3,16 @@
 One cluster per module (tests/support/cluster.py): moto S3, two `streamplat serve` nodes on one
 fresh PostgreSQL database and one Redis prefix, Debian's nginx running the deploy template with
 a self-signed certificate. A real FFmpeg publisher feeds node A; everything else goes through
-node B or through nginx over HTTPS, whose upstreams alternate between A and B.
+node B or through nginx over HTTPS, whose upstreams alternate between A and B. The last test
+(one plain server each) checks `server.trusted_proxies`, which decides whose X-Forwarded-For a
+node believes.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +27,7 @@ from tests.support import pg
 from tests.support.cluster import Cluster, nginx_available, running_cluster, ssl_context
 from tests.support.media import Publisher, wait_for
 from tests.support.redis import require_redis
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, running_server
 
 SERVICE_NAMES = {"auth": "auth-service", "main": "main-app", "stream": "stream-app", "vod": "vod-service"}
 
@@ -266,3 +269,23 @@ def test_forged_redirects_and_internal_paths_are_refused(
     assert edge.get(f"/hls/{sid}/stream.m3u8").headers["strict-transport-security"].startswith("max-age=")
     r = a.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("trusted", "honoured"),
+    [('["127.0.0.1", "::1"]', True), ('["10.9.9.9"]', False)],
+    ids=["from-a-trusted-proxy", "from-anyone-else"],
+)
+def test_forwarded_client_address_only_from_trusted_proxies(
+    tmp_path: Path, trusted: str, honoured: bool
+) -> None:
+    """server.trusted_proxies: the login rate limit keys on X-Forwarded-For only from those."""
+    env = {"STREAMPLAT_SERVER__TRUSTED_PROXIES": trusted, "STREAMPLAT_RATE_LIMIT__LOGIN_PER_MINUTE": "2"}
+    with running_server(tmp_path, env) as srv:
+        wrong = {"email": "nobody@example.com", "password": "wrong-password"}
+        for _ in range(2):
+            r = srv.auth.post("/auth/login", json=wrong, headers={"X-Forwarded-For": "198.51.100.7"})
+            assert r.status_code == 401, r.text
+        # A third attempt "from another client": its own window if the header is believed.
+        r = srv.auth.post("/auth/login", json=wrong, headers={"X-Forwarded-For": "198.51.100.8"})
+        assert r.status_code == (401 if honoured else 429), r.text
