@@ -73,6 +73,7 @@ sys.path[:0] = [str(HERE.parent), str(ROOT), str(ROOT / "src")]
 
 import api as api_bench  # noqa: E402  (bench/api.py: wrk runner and parser)
 from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.support.cluster import nginx_conf  # noqa: E402
 
 MODES = ("latency", "first", "reqs", "players", "llplayers", "cpu")
 HLSJS = ROOT / "src" / "streamplat" / "web" / "static" / "vendor" / "hls.min.js"
@@ -193,37 +194,17 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 # --- nginx (the reference server) -------------------------------------------------------------
 
 
-NGINX_CONF = """\
-{user}
-worker_processes 1;
-daemon off;
-master_process on;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 65;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    types {{
-        application/vnd.apple.mpegurl m3u8;
-        video/mp2t ts;
-        video/iso.segment m4s;
-        video/mp4 mp4;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location ~ \\.m3u8$ {{ add_header Cache-Control no-cache; }}
-    }}
+NGINX_SERVER = """\
+types {{
+    application/vnd.apple.mpegurl m3u8;
+    video/mp2t ts;
+    video/iso.segment m4s;
+    video/mp4 mp4;
+}}
+server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location ~ \\.m3u8$ {{ add_header Cache-Control no-cache; }}
 }}
 """
 
@@ -243,9 +224,8 @@ class Nginx:
             sys.exit("the reference needs nginx: apt-get install -y nginx-light")
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.port = api_bench.free_port()
-        user = "user root root;" if os.geteuid() == 0 else ""  # our temp dirs are 0700
         conf = self.tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(user=user, tmp=self.tmp, port=self.port, root=self.root))
+        conf.write_text(nginx_conf(self.tmp, NGINX_SERVER.format(port=self.port, root=self.root)))
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(self.tmp)],
             stdout=subprocess.DEVNULL,

@@ -40,7 +40,7 @@ worker_processes 1;
 daemon off;
 master_process on;
 pid {tmp}/nginx.pid;
-error_log {tmp}/error.log {log_level};
+error_log {tmp}/error.log info;
 events {{ worker_connections {connections}; }}
 http {{
     log_format timed '$msec $request_time $upstream_connect_time $upstream_header_time '
@@ -61,6 +61,23 @@ http {{
 {conf}
 }}
 """
+
+
+def nginx_conf(tmp: Path, http: str, *, connections: int = 4096, access_log: bool = False) -> str:
+    """A complete nginx.conf: one worker in the foreground, files under `tmp`, `http` in http {}.
+
+    The one main context for every nginx the tests and benches run (bench/llhls.py's reference
+    server too). With `access_log`, requests are logged to tmp/access.log with their timings.
+    """
+    body = "\n".join(f"    {line}" if line else "" for line in http.splitlines())
+    return MAIN_CONTEXT.format(
+        # Our temporary directories are 0700: as root, nginx's workers must run as root to read them.
+        user="user root root;" if os.geteuid() == 0 else "",
+        tmp=tmp,
+        access_log=f"{tmp}/access.log timed" if access_log else "off",
+        connections=connections,
+        conf=body,
+    )
 
 
 def _replace(text: str, old: str, new: str, count: int | None = None) -> str:
@@ -109,16 +126,7 @@ def render_nginx_conf(
     conf = _replace(conf, "/etc/letsencrypt/live/streamplat.example.com/privkey.pem", str(key), 1)
     conf = _replace(conf, "/var/cache/nginx/streamplat", str(tmp / "cache"), 1)
     conf = _replace(conf, "root /var/www/letsencrypt;", f"root {tmp / 'acme'};", 1)
-    body = "\n".join(f"    {line}" if line else "" for line in conf.splitlines())
-    return MAIN_CONTEXT.format(
-        # Our temporary directories are 0700: as root, nginx's workers must run as root to read them.
-        user="user root root;" if os.geteuid() == 0 else "",
-        tmp=tmp,
-        log_level="info",
-        access_log=f"{tmp}/access.log timed" if access_log else "off",
-        connections=connections,
-        conf=body,
-    )
+    return nginx_conf(tmp, conf, connections=connections, access_log=access_log)
 
 
 def make_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -340,6 +348,7 @@ __all__ = [
     "NginxProcess",
     "make_certificate",
     "nginx_available",
+    "nginx_conf",
     "render_nginx_conf",
     "running_cluster",
     "ssl_context",
