@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,38 +61,22 @@ def log(message: str) -> None:
 
 
 class Edge:
-    """The node with its live stream, and nginx in front of it."""
+    """bench/llhls.py's streamplat target (a node, one stream, its publisher) with nginx in front."""
 
     def __init__(self, tmp: Path, kbps: int) -> None:
-        from tests.support.server import make_server
-
-        self.tmp = tmp
-        self.node = make_server(tmp, {"STREAMPLAT_LOGGING__LEVEL": "info"}, name="node")
-        self.node.start(timeout=60)
-        self.publisher: subprocess.Popen[bytes] | None = None
+        self.target = llhls.StreamplatTarget(tmp, kbps, 3600)
+        self.node = self.target.server
+        self.sid = self.target.stream_id
         self.nginx: NginxProcess | None = None
         try:
-            self._start(tmp, kbps)
+            self.target.publish()
+            cert, key = make_certificate(tmp / "tls")
+            self.nginx = NginxProcess(tmp / "nginx", cert, key, plain_port=api_bench.free_port())
+            self.nginx.write_conf([self.node.ports], connections=16384, access_log=ACCESS_LOG)
+            self.nginx.start()
         except BaseException:
             self.stop()
             raise
-
-    def _start(self, tmp: Path, kbps: int) -> None:
-        token = self.node.user_token("edgebench")
-        headers = {"Authorization": f"Bearer {token}"}
-        r = self.node.main.post("/api/streams", json={"name": "edge"}, headers=headers)
-        assert r.status_code == 201, r.text
-        self.sid = str(r.json()["stream_id"])
-        r = self.node.main.post(f"/api/streams/{self.sid}/start", headers=headers)
-        assert r.status_code == 200, r.text
-        time.sleep(0.5)  # start returns once FFmpeg bound the port; keep a margin like the tests
-        self.publisher = subprocess.Popen(
-            llhls.publisher_argv(str(r.json()["srt_url"]), kbps, 3600), stdout=subprocess.DEVNULL
-        )
-        cert, key = make_certificate(tmp / "tls")
-        self.nginx = NginxProcess(tmp / "nginx", cert, key, plain_port=api_bench.free_port())
-        self.nginx.write_conf([self.node.ports], connections=16384, access_log=ACCESS_LOG)
-        self.nginx.start()
 
     def direct(self, path: str) -> str:
         return self.node.url("stream", path)
@@ -115,14 +98,13 @@ class Edge:
         return self.direct(f"/stream/{self.sid}/status")
 
     def node_pid(self) -> int:
-        assert self.node.proc is not None
-        return self.node.proc.pid
+        assert self.target.server_pid is not None
+        return self.target.server_pid
 
     def stop(self) -> None:
-        llhls.stop_process(self.publisher, signal.SIGKILL)
         if self.nginx is not None:
             self.nginx.stop()
-        self.node.stop(timeout=30)
+        self.target.stop()  # the publisher, then the node
 
 
 def wait_live(edge: Edge) -> None:
@@ -278,13 +260,23 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"x{x['requests_per_second'] / base['requests_per_second']:.2f}",
                 "",
             )
+    # The simulator's measures are bench/llhls.py's; "part cut -> delivered" is its "after the
+    # server cut it": what nginx adds to a viewer's latency.
     print(
-        "\nReceived after first listed = receipt - when the simulator's monitor first saw the segment in a "
-        "playlist (so the players' polling phase is in it). Part cut -> delivered = receipt (wall clock) - "
-        "the part's `created` in the node's status: the latency a viewer gets from the edge. Behind = the "
-        "newest media a player had was listed longer ago than it buffers. The simulator runs on the same "
-        "cores as the node and nginx."
+        "\nMeasures as in bench/llhls.py (its --help); the simulator shares the cores with nginx, the node."
     )
+
+
+# Numeric options: (flag, type, default, help).
+OPTIONS: list[tuple[str, type, float, str]] = [
+    ("--players", int, 2000, "simulated legacy players"),
+    ("--ll-players", int, 200, "simulated LL-HLS players"),
+    ("--seconds", float, 30.0, "length of each simulation"),
+    ("--rounds", int, 2, "runs of each simulation per side, alternately; the best is kept"),
+    ("--video-kbps", int, 600, "publisher video bitrate"),
+    ("--reqs-seconds", float, 5.0, "length of each wrk run"),
+    ("--connections", int, 64, "wrk connections"),
+]
 
 
 def main() -> int:
@@ -292,17 +284,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+        "--only", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
     )
-    parser.add_argument("--players", type=int, default=2000, help="simulated legacy players")
-    parser.add_argument("--ll-players", type=int, default=200, help="simulated LL-HLS players")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each simulation")
-    parser.add_argument("--video-kbps", type=int, default=600, help="publisher video bitrate")
-    parser.add_argument("--reqs-seconds", type=float, default=5.0, help="length of each wrk run")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="runs of each simulation per side, alternately; best kept"
-    )
+    for flag, kind, default, text in OPTIONS:
+        parser.add_argument(flag, type=kind, default=kind(default), help=f"{text} (default {default:g})")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     args = parser.parse_args()
     modes = {m.strip() for m in args.only.split(",") if m.strip()}
