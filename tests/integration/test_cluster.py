@@ -289,3 +289,38 @@ def test_forwarded_client_address_only_from_trusted_proxies(
         # A third attempt "from another client": its own window if the header is believed.
         r = srv.auth.post("/auth/login", json=wrong, headers={"X-Forwarded-For": "198.51.100.8"})
         assert r.status_code == (401 if honoured else 429), r.text
+
+
+def test_the_web_app_through_the_origin_plays_a_stream_ingested_on_a(
+    cluster: Cluster, publishers: list[Publisher]
+) -> None:
+    """Debian's Chromium on https://<nginx>/ only: sign-in, the watch page and hls.js, via either node."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.browser.web import assert_advances, wait_until_playing
+    from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
+
+    a, b, nginx = cluster.a, cluster.b, cluster.nginx
+    b.register("webviewer")
+    sid, started = start_on(a, a.user_token("webcaster"), "web")
+    publishers.append(Publisher(started["srt_url"], duration=90).start())
+    origin = nginx.https_url()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(ignore_https_errors=True).new_page()  # the test's own CA
+            page.set_default_timeout(20_000)
+            page.goto(f"{origin}/login")
+            page.fill("input[name=email]", "webviewer@example.com")
+            page.fill("input[name=password]", "password123")
+            page.click("button[type=submit]")
+            expect(page.locator("#account")).to_contain_text("webviewer")
+            page.goto(f"{origin}/watch/{sid}")
+            wait_until_playing(page, "#player", beyond=1.0, timeout_ms=40_000)
+            assert_advances(page, "#player", 1.0)
+            used = page.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
+        finally:
+            browser.close()
+    # Every request of the page (API, playlists, parts) went to the one origin.
+    assert any("/hls/" in url for url in used), used
+    assert all(url.startswith(origin) for url in used), [u for u in used if not u.startswith(origin)]
