@@ -189,6 +189,9 @@ class NodeRegistry:
         self._token = internal_token
         self._clock = clock
         self.recover: Recover | None = None
+        # Called after this node finds it was declared lost while running (its streams were
+        # stopped by the claimer): the stream service ends the listeners it still runs.
+        self.rejoined: Callable[[], Awaitable[None]] | None = None
         # Refreshed every heartbeat; read without I/O.
         self._alive: dict[str, NodeInfo] = {}  # other nodes whose heartbeat is fresh
         self._hosts: dict[str, str] = {node_id: public_host}  # every known node's public host
@@ -385,6 +388,8 @@ class NodeRegistry:
                 self.timeout.total_seconds(),
             )
             await self.join()
+            if self.rejoined is not None:
+                await self.rejoined()
 
     async def refresh(self) -> None:
         """Read the other nodes and the live streams' owners into memory; claim lost nodes."""

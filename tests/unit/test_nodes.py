@@ -14,8 +14,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tests.unit.streams.test_service import RecordingIngest
 
-from streamplat.auth import User
+from streamplat.auth import Principal, User
 from streamplat.db import SchemaNewer, create_engine, migrate, session_factory, utcnow
 from streamplat.events import Event, EventBus, StreamEnded, StreamStatusChanged
 from streamplat.nodes import (
@@ -29,6 +30,7 @@ from streamplat.nodes import (
 )
 from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.models import ACTIVE, STOPPED, Stream
+from streamplat.streams.schemas import StreamCreate
 from streamplat.vod import RecordingService
 from streamplat.vod.models import Recording
 
@@ -291,3 +293,44 @@ def test_node_id_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert stream_url_of("", "10.0.0.5", 9090) == "http://10.0.0.5:9090"
     assert stream_url_of("", "::1", 9090) == "http://[::1]:9090"
     assert stream_url_of("https://a.internal:9443/", "x", 9090) == "https://a.internal:9443"
+
+
+async def test_a_node_found_lost_while_running_ends_the_listeners_of_its_stopped_streams(
+    engines: list[AsyncEngine], tmp_path: Path
+) -> None:
+    sessions = session_factory(engines[0])
+    await add_stream(sessions, None, STOPPED)  # creates the owner
+    bus = EventBus()
+    ingest = RecordingIngest(bus)
+    ports = PortPool(40000, 40003, probe=False)
+    async with registry(engines[0], "node-a") as a:
+        service = StreamService(
+            sessions,
+            bus,
+            ingest,
+            ports,
+            ViewerTracker(6.0),
+            tmp_path / "hls",
+            "node-a.example.net",
+            lambda _: None,
+            nodes=a,
+        )
+        async with service:
+            a.rejoined = service.drop_orphaned_ingests
+            owner = Principal(id=1, username="owner", role="streamer")
+            sid = (await service.create_stream(StreamCreate(name="cut off"), owner)).stream_id
+            started = await service.start_stream(sid, owner)
+            assert started.srt_url.startswith("srt://node-a.example.net:")
+            assert ingest.running == {sid} and ports.in_use() == {started.port}
+            # The database did not hear from node-a for longer than the timeout: node-b claims it.
+            async with registry(engines[1], "node-b") as b:
+                b.recover = stream_service(engines[1], EventBus(), tmp_path, "b").stop_lost_node_streams
+                await age_heartbeat(sessions, "node-a", 10)
+                assert await b.claim("node-a")
+            await a.beat()  # node-a reaches the database again
+            assert ingest.running == set() and ports.in_use() == set()
+            async with sessions() as session:
+                row = await session.get(Node, "node-a")
+                stream = await session.get(Stream, sid)
+            assert row is not None and row.claimed_by is None
+            assert stream is not None and stream.status == STOPPED
