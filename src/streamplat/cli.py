@@ -118,7 +118,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
 
 
 def _cmd_create_admin(args: argparse.Namespace) -> int:
-    from streamplat.db import DatabaseUnreachable
+    from streamplat.db import DatabaseUnreachable, SchemaNewer
     from streamplat.errors import DomainError, ValidationFailed
 
     settings = _settings(args)
@@ -131,7 +131,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
         for field, messages in exc.details.items():
             print(f"streamplat: {field}: {', '.join(messages)}", file=sys.stderr)
         return 2
-    except (DomainError, ValueError, _SchemaBehind, DatabaseUnreachable) as exc:
+    except (DomainError, ValueError, _SchemaBehind, SchemaNewer, DatabaseUnreachable) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -139,7 +139,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from streamplat import datadir
-    from streamplat.db import DatabaseUnreachable, create_engine, display_url, ensure_reachable
+    from streamplat.db import DatabaseUnreachable, SchemaNewer, create_engine, display_url, ensure_reachable
 
     settings = _settings(args)
 
@@ -154,7 +154,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     try:
         migrated = asyncio.run(run())
-    except (_SchemaBehind, DatabaseUnreachable) as exc:
+    except (_SchemaBehind, SchemaNewer, DatabaseUnreachable) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 1
     verb = "migrated; it is now up to date" if migrated else "is up to date"

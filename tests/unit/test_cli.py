@@ -82,3 +82,15 @@ def test_config_masks_the_redis_password(
     out = capsys.readouterr().out
     assert "hunter2secret" not in out
     assert '"url": "redis://:***@10.0.0.5:6379/0"' in out
+
+
+def test_migrate_refuses_a_schema_newer_than_this_code(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["migrate", "--data-dir", str(data_dir)]) == 0
+    with sqlite3.connect(data_dir / "streamplat.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    capsys.readouterr()
+    assert main(["migrate", "--data-dir", str(data_dir)]) == 1
+    assert "'0099_from_the_future', newer than this code" in capsys.readouterr().err
+    assert revision(data_dir) == "0099_from_the_future"
