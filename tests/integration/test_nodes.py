@@ -125,6 +125,7 @@ def test_a_stream_ingested_on_a_is_seen_and_stopped_through_b(
     r = b.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "stopped" and r.json()["recording"] is True
+    assert stream_status(b, sid, token)["status"] == "stopped"  # not B's cached "active"
     # A, which had the FFmpeg and the media, stopped it and made the one recording.
     assert ffmpeg_children_listening(port) == []
     assert a.stream.get(f"/stream/{sid}/status").json()["ffmpeg_running"] is False

@@ -334,3 +334,40 @@ async def test_a_node_found_lost_while_running_ends_the_listeners_of_its_stopped
                 stream = await session.get(Stream, sid)
             assert row is not None and row.claimed_by is None
             assert stream is not None and stream.status == STOPPED
+
+
+async def test_start_up_and_shutdown_touch_only_this_nodes_streams(
+    engines: list[AsyncEngine], tmp_path: Path
+) -> None:
+    sessions = session_factory(engines[0])
+    on_a = await add_stream(sessions, "node-a", ACTIVE)
+    on_b = await add_stream(sessions, "node-b", ACTIVE)
+    legacy = await add_stream(sessions, None, ACTIVE)  # started before nodes existed
+
+    async def statuses() -> dict[str, str]:
+        async with sessions() as session:
+            return {s.id: s.status for s in (await session.scalars(select(Stream))).all()}
+
+    def service_of(b: NodeRegistry) -> StreamService:
+        return StreamService(
+            sessions,
+            EventBus(),
+            RecordingIngest(EventBus()),
+            PortPool(40000, 40003, probe=False),
+            ViewerTracker(6.0),
+            tmp_path / "hls",
+            "node-b.example.net",
+            lambda _: None,
+            nodes=b,
+        )
+
+    async with registry(engines[0], "node-b") as b:
+        async with registry(engines[1], "node-a"):
+            await b.refresh()
+            async with service_of(b):  # start-up reconcile, then shutdown
+                pass
+            assert await statuses() == {on_a: ACTIVE, on_b: STOPPED, legacy: ACTIVE}
+        await b.refresh()  # node-a left: node-b is alone, and legacy rows are its own
+        async with service_of(b):
+            pass
+    assert await statuses() == {on_a: ACTIVE, on_b: STOPPED, legacy: STOPPED}

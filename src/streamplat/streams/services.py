@@ -638,6 +638,9 @@ class StreamService:
         except Exception as exc:  # OwnerUnreachable, with the node and the cause in its message
             log.warning("stream=%s stop on node %s failed: %s", stream_id, node_id, exc)
             raise ServiceUnavailable(f"Could not stop the stream: {exc}") from None
+        finally:
+            # The owner changed the row: without Redis nothing else tells this node's read cache.
+            self._rows.invalidate(stream_id)
         if status == 200:
             try:
                 return msgspec.convert(reply, StreamStopped)
