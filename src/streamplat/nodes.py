@@ -48,13 +48,14 @@ from streamplat import __version__
 from streamplat.db import Base, UTCDateTime, utcnow
 from streamplat.events import EventBus, StreamChanged, StreamStatusChanged
 from streamplat.streams.models import LIVE_STATUSES, Stream
-from streamplat.streams.schemas import INTERNAL_TOKEN_HEADER
+from streamplat.streams.schemas import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "node_id"
 # A forwarded stop waits for the owner's FFmpeg to finalise (up to ingest.stop_timeout_seconds).
 FORWARD_TIMEOUT_SECONDS = 30.0
+STATUS_TIMEOUT_SECONDS = 2.0  # a status poll answered from the database rather than waiting longer
 
 
 class Node(Base):
@@ -361,6 +362,27 @@ class NodeRegistry:
         except ValueError:
             reply = None
         return status, reply if isinstance(reply, dict) else {}
+
+    async def owner_ingest_status(self, stream_id: str) -> dict[str, Any] | None:
+        """The stream's /stream/{id}/status as the alive other node ingesting it answers it; None
+        when this node ingests it, nobody does, or the owner does not answer in time."""
+        owner = self.stream_owner(stream_id)
+        if owner is None:
+            return None
+        request = urllib.request.Request(
+            f"{owner.stream_url}/stream/{stream_id}/status", headers={FORWARDED_HEADER: self.node_id}
+        )
+
+        def call() -> Any:
+            with urllib.request.urlopen(request, timeout=STATUS_TIMEOUT_SECONDS) as response:
+                return json.loads(response.read())
+
+        try:
+            reply = await asyncio.to_thread(call)
+        except (OSError, ValueError) as exc:  # HTTPError (404 meanwhile), refused, timeout, bad JSON
+            log.debug("stream=%s status from node %s failed: %s", stream_id, owner.node_id, exc)
+            return None
+        return reply if isinstance(reply, dict) else None
 
     def check_internal_token(self, token: str | None) -> bool:
         """Whether `token` is the cluster's internal token (constant time)."""

@@ -111,7 +111,10 @@ def test_a_stream_ingested_on_a_is_seen_and_stopped_through_b(
     on_b = b.stream.get(f"/stream/{sid}/status")
     assert on_a.status_code == on_b.status_code == 200, on_b.text
     assert set(on_b.json()) == set(on_a.json())
-    assert on_b.json()["status"] == "active" and on_a.json()["ffmpeg_running"] is True
+    # B asks A, which alone knows its FFmpeg: a poller behind a balancer sees one truth.
+    for reply in (on_a.json(), on_b.json()):
+        assert reply["status"] == "active" and reply["ffmpeg_running"] is True, reply
+        assert reply["publisher_connected"] is True and reply["hls"] is not None, reply
 
     # The internal route refuses anyone without the cluster's token, and changes nothing.
     forged = httpx.post(
@@ -178,6 +181,9 @@ def test_a_node_killed_mid_stream_is_found_lost_and_its_stream_stopped_by_anothe
     assert a.proc is not None
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
+    # Until B notices, A is still the owner B knows of: its silence must not cost a 500.
+    r = b.stream.get(f"/stream/{sid}/status")
+    assert r.status_code == 200 and r.json()["status"] in ("active", "stopped"), r.text
     # Heartbeat timeout 3 s: B claims node-a and stops the stream.
     final = wait_for(
         lambda: (s := stream_status(b, sid, token))["status"] == "stopped" and s, 30, message="stopped via b"

@@ -55,6 +55,7 @@ from streamplat.readcache import ReadCache
 from streamplat.streams.models import ACTIVE, CREATED, LIVE_STATUSES, STOPPED, WAITING, Stream
 from streamplat.streams.portpool import PortPool, PortPoolExhausted
 from streamplat.streams.schemas import (
+    IngestStatusOut,
     KeyRotated,
     StreamCreate,
     StreamCreated,
@@ -111,6 +112,7 @@ class Nodes(Protocol):
         self, node_id: str, stream_id: str, reason: str | None
     ) -> tuple[int, dict[str, Any]]: ...
     def check_internal_token(self, token: str | None) -> bool: ...
+    async def owner_ingest_status(self, stream_id: str) -> dict[str, Any] | None: ...
 
 
 class PlaylistFinaliser(Protocol):
@@ -867,6 +869,19 @@ class StreamService:
                 if self._last_counts.get(stream_id, 0) != count:
                     await self._bus.publish(ViewerCountChanged(stream_id, count))
             self._last_counts = {k: v for k, v in counts.items() if v}
+
+    async def owner_ingest_status(self, stream_id: str) -> IngestStatusOut | None:
+        """/stream/{id}/status as the other node ingesting the stream answers it (it alone knows
+        its FFmpeg); None when this node ingests it, nobody does, or the owner does not answer."""
+        if self._nodes is None:
+            return None
+        reply = await self._nodes.owner_ingest_status(stream_id)
+        if reply is None:
+            return None
+        try:
+            return msgspec.convert(reply, IngestStatusOut)
+        except msgspec.ValidationError:
+            return None
 
     def ingest_status(self, stream_id: str) -> IngestStatusLike | None:
         """What the supervisor knows of the stream's FFmpeg child (None when not supervised)."""
