@@ -162,6 +162,49 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nodes(args: argparse.Namespace) -> int:
+    from streamplat.db import (
+        DatabaseUnreachable,
+        create_engine,
+        ensure_reachable,
+        schema_revisions,
+        session_factory,
+    )
+    from streamplat.nodes import list_nodes
+
+    settings = _settings(args)
+
+    async def run() -> list[str]:
+        engine = create_engine(settings.database_url)
+        try:
+            await ensure_reachable(engine)
+            current, _ = await schema_revisions(engine)
+            if current is None or current < "0006":
+                raise _SchemaBehind(
+                    f"the database has no nodes table yet (schema at {current or 'none'}): "
+                    "start a server or run `streamplat migrate`"
+                )
+            nodes = await list_nodes(session_factory(engine), settings.cluster.node_timeout_seconds)
+        finally:
+            await engine.dispose()
+        lines = [
+            f"{'node_id':<24} {'state':<28} {'heartbeat':>10} {'live':>5}  public_host  stream_url  version"
+        ]
+        lines += [
+            f"{n.node_id:<24} {n.state:<28} {n.heartbeat_age_seconds:>9.1f}s {n.live_streams:>5}  "
+            f"{n.public_host}  {n.stream_url}  {n.version}"
+            for n in nodes
+        ]
+        return lines
+
+    try:
+        print("\n".join(asyncio.run(run())))
+    except (_SchemaBehind, DatabaseUnreachable) as exc:
+        print(f"streamplat: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -236,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing: it reports the schema up to date, or asks you to stop the server first.",
     )
     p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser(
+        "nodes",
+        parents=[common],
+        help="list the nodes sharing the database: alive, left, or lost and claimed",
+        description="Print every node registered in the database ([cluster]) with its state, the "
+        "age of its last heartbeat and its live streams. Reads only: safe beside running servers.",
+    )
+    p.set_defaults(func=_cmd_nodes)
 
     p = sub.add_parser(
         "config",

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import String, Text, select, text, update
+from sqlalchemy import String, Text, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -147,6 +147,56 @@ async def db_clock(session: AsyncSession) -> dt.datetime:
         assert isinstance(value, dt.datetime)
         return value.astimezone(dt.UTC)
     return utcnow()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One row of `streamplat nodes`."""
+
+    node_id: str
+    state: str  # alive, left, lost (claimed by <node>), silent (not claimed yet)
+    public_host: str
+    stream_url: str
+    version: str
+    heartbeat_age_seconds: float
+    live_streams: int
+
+
+async def list_nodes(sessions: async_sessionmaker[AsyncSession], timeout_seconds: float) -> list[NodeState]:
+    """Every registered node and what the others make of it (reads only: safe beside servers)."""
+    async with sessions() as session:
+        now = await db_clock(session)
+        rows = (await session.scalars(select(Node).order_by(Node.node_id))).all()
+        result = await session.execute(
+            select(Stream.node_id, func.count(Stream.id))
+            .where(Stream.status.in_(LIVE_STATUSES))
+            .group_by(Stream.node_id)
+        )
+        # Not dict(result): a Result has keys() (its column names), so dict() would index it.
+        counts = {node_id: count for node_id, count in result}
+    states = []
+    for row in rows:
+        age = (now - row.heartbeat_at).total_seconds()
+        if row.left_at is not None:
+            state = "left"
+        elif row.claimed_by is not None:
+            state = f"lost (claimed by {row.claimed_by})"
+        elif age > timeout_seconds:
+            state = "silent"
+        else:
+            state = "alive"
+        states.append(
+            NodeState(
+                row.node_id,
+                state,
+                row.public_host,
+                row.stream_url,
+                row.version,
+                age,
+                counts.get(row.node_id, 0),
+            )
+        )
+    return states
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -533,9 +583,11 @@ __all__ = [
     "Node",
     "NodeInfo",
     "NodeRegistry",
+    "NodeState",
     "OwnerUnreachable",
     "db_clock",
     "internal_token",
+    "list_nodes",
     "load_or_create_node_id",
     "secret_fingerprint",
     "stream_url_of",
