@@ -22,7 +22,6 @@ import statistics
 import sys
 import time
 import timeit
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +40,12 @@ def percentile(values: list[float], q: float) -> float:
 async def run(url: str, n_streams: int, rounds: int) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import AsyncSession
+    from tests.support.nodes import stream_row
 
     from streamplat.auth import User
-    from streamplat.db import create_engine, migrate, session_factory, utcnow
+    from streamplat.db import create_engine, migrate, session_factory
     from streamplat.nodes import NodeRegistry, secret_fingerprint
-    from streamplat.streams.models import ACTIVE, Stream
+    from streamplat.streams.models import ACTIVE
 
     engine_a, engine_b = create_engine(url), create_engine(url)
     await migrate(engine_a)
@@ -70,22 +70,10 @@ async def run(url: str, n_streams: int, rounds: int) -> None:
         user = User(username="bench", email="bench@example.com", password_hash="x", role="streamer")
         session.add(user)
         await session.flush()
-        ids = [str(uuid.uuid4()) for _ in range(n_streams)]
-        session.add_all(
-            Stream(
-                id=sid,
-                user_id=user.id,
-                name="s",
-                title="s",
-                status=ACTIVE,
-                stream_key="k" * 32,
-                port=10001,
-                node_id="node-a",
-                started_at=utcnow(),
-            )
-            for sid in ids
-        )
+        rows = [stream_row(user.id, "node-a", ACTIVE, title="s") for _ in range(n_streams)]
+        session.add_all(rows)
         await session.commit()
+    ids = [row.id for row in rows]
 
     ended: list[float] = []
     claimed = asyncio.Event()

@@ -491,7 +491,12 @@ class NodeRegistry:
         self._alive = alive
         self._owners = {stream_id: node_id for stream_id, node_id in owners if node_id is not None}
         for node_id in lost:
-            await self.claim(node_id)
+            try:
+                await self.claim(node_id)
+            except Exception:
+                # Rolled back whole (claim and stops share the transaction): the next heartbeat
+                # tries again, or another survivor does.
+                log.exception("node=%s claiming lost node %s failed", self.node_id, node_id)
 
     async def claim(self, node_id: str) -> bool:
         """Claim the lost node and stop its live streams, in one transaction; False if another

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tests.support.nodes import stream_row
 from tests.unit.streams.test_service import RecordingIngest
 
 from streamplat.auth import Principal, User
@@ -93,22 +94,10 @@ async def add_stream(sessions: async_sessionmaker[AsyncSession], node_id: str | 
             user = User(username="owner", email="o@example.com", password_hash="x", role="streamer")
             session.add(user)
             await session.flush()
-        stream_id = str(uuid.uuid4())
-        session.add(
-            Stream(
-                id=stream_id,
-                user_id=user.id,
-                name="s",
-                title="live show",
-                status=status,
-                stream_key="k" * 32,
-                port=10001,
-                node_id=node_id,
-                started_at=utcnow(),
-            )
-        )
+        stream = stream_row(user.id, node_id, status)
+        session.add(stream)
         await session.commit()
-    return stream_id
+    return stream.id
 
 
 async def age_heartbeat(sessions: async_sessionmaker[AsyncSession], node_id: str, seconds: float) -> None:
