@@ -80,10 +80,8 @@ def registry(
         instance=instance or f"host-{node_id}:/data",
         secret_fingerprint=secret_fingerprint(secret),
         schema_revision="0006_nodes",
-        heartbeat_seconds=0.5,
-        node_timeout_seconds=3.0,
+        **{"heartbeat_seconds": 0.5, "node_timeout_seconds": 30.0, **kw},
         buses=(bus,) if bus is not None else (),
-        **kw,
     )
 
 
@@ -172,7 +170,7 @@ async def test_two_survivors_racing_claim_a_lost_node_once(
         a.recover = stream_service(engines[0], buses[0], tmp_path, "a").stop_lost_node_streams
         b.recover = stream_service(engines[1], buses[1], tmp_path, "b").stop_lost_node_streams
         assert not await a.claim("node-lost")  # its heartbeat is fresh: not lost yet
-        await age_heartbeat(sessions, "node-lost", 10)
+        await age_heartbeat(sessions, "node-lost", 100)
         won = await asyncio.gather(a.claim("node-lost"), b.claim("node-lost"))
         assert sorted(won) == [False, True]
         assert not await a.claim("node-lost") and not await b.claim("node-lost")
@@ -202,10 +200,12 @@ async def test_a_heartbeat_that_stops_gets_the_node_claimed_by_the_loop(
     bus = EventBus()
     ended: asyncio.Queue[StreamEnded] = asyncio.Queue()
     bus.subscribe(StreamEnded, ended.put_nowait)
-    lost = registry(engines[1], "node-lost")
+    # The one test of the real timeout (3 s): the others age heartbeats by hand, past a timeout
+    # of 30 s, so a loaded machine stalling a heartbeat loop for seconds cannot lose a node.
+    lost = registry(engines[1], "node-lost", node_timeout_seconds=3.0)
     await lost.join()
     sid = await add_stream(sessions, "node-lost", ACTIVE)
-    async with registry(engines[0], "node-a") as a:
+    async with registry(engines[0], "node-a", node_timeout_seconds=3.0) as a:
         a.recover = stream_service(engines[0], bus, tmp_path, "a").stop_lost_node_streams
         await a.refresh()
         assert a.stream_owner(sid) is not None and a.stream_owner(sid).node_id == "node-lost"  # type: ignore[union-attr]
@@ -314,7 +314,7 @@ async def test_a_node_found_lost_while_running_ends_the_listeners_of_its_stopped
             # The database did not hear from node-a for longer than the timeout: node-b claims it.
             async with registry(engines[1], "node-b") as b:
                 b.recover = stream_service(engines[1], EventBus(), tmp_path, "b").stop_lost_node_streams
-                await age_heartbeat(sessions, "node-a", 10)
+                await age_heartbeat(sessions, "node-a", 100)
                 assert await b.claim("node-a")
             await a.beat()  # node-a reaches the database again
             assert ingest.running == set() and ports.in_use() == set()
