@@ -217,7 +217,9 @@ class Platform:
         # Lost nodes are claimed only while the stream service runs (it stops their streams);
         # at shutdown this is undone first (the stack unwinds in reverse).
         self.nodes.recover = self.streams.stop_lost_node_streams
+        self.nodes.rejoined = self.streams.drop_orphaned_ingests
         self._stack.callback(setattr, self.nodes, "recover", None)
+        self._stack.callback(setattr, self.nodes, "rejoined", None)
         self.remote_bus.subscribe(StreamChanged, self._on_remote_stream_changed)
         self._stack.callback(self.remote_bus.unsubscribe, StreamChanged, self._on_remote_stream_changed)
         log.info(

@@ -118,7 +118,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
 
 
 def _cmd_create_admin(args: argparse.Namespace) -> int:
-    from streamplat.db import DatabaseUnreachable
+    from streamplat.db import DatabaseUnreachable, SchemaNewer
     from streamplat.errors import DomainError, ValidationFailed
 
     settings = _settings(args)
@@ -131,7 +131,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
         for field, messages in exc.details.items():
             print(f"streamplat: {field}: {', '.join(messages)}", file=sys.stderr)
         return 2
-    except (DomainError, ValueError, _SchemaBehind, DatabaseUnreachable) as exc:
+    except (DomainError, ValueError, _SchemaBehind, SchemaNewer, DatabaseUnreachable) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -139,7 +139,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from streamplat import datadir
-    from streamplat.db import DatabaseUnreachable, create_engine, display_url, ensure_reachable
+    from streamplat.db import DatabaseUnreachable, SchemaNewer, create_engine, display_url, ensure_reachable
 
     settings = _settings(args)
 
@@ -154,11 +154,54 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     try:
         migrated = asyncio.run(run())
-    except (_SchemaBehind, DatabaseUnreachable) as exc:
+    except (_SchemaBehind, SchemaNewer, DatabaseUnreachable) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 1
     verb = "migrated; it is now up to date" if migrated else "is up to date"
     print(f"database at {display_url(settings.database_url)} {verb}")
+    return 0
+
+
+def _cmd_nodes(args: argparse.Namespace) -> int:
+    from streamplat.db import (
+        DatabaseUnreachable,
+        create_engine,
+        ensure_reachable,
+        schema_revisions,
+        session_factory,
+    )
+    from streamplat.nodes import list_nodes
+
+    settings = _settings(args)
+
+    async def run() -> list[str]:
+        engine = create_engine(settings.database_url)
+        try:
+            await ensure_reachable(engine)
+            current, _ = await schema_revisions(engine)
+            if current is None or current < "0006":
+                raise _SchemaBehind(
+                    f"the database has no nodes table yet (schema at {current or 'none'}): "
+                    "start a server or run `streamplat migrate`"
+                )
+            nodes = await list_nodes(session_factory(engine), settings.cluster.node_timeout_seconds)
+        finally:
+            await engine.dispose()
+        lines = [
+            f"{'node_id':<24} {'state':<28} {'heartbeat':>10} {'live':>5}  public_host  stream_url  version"
+        ]
+        lines += [
+            f"{n.node_id:<24} {n.state:<28} {n.heartbeat_age_seconds:>9.1f}s {n.live_streams:>5}  "
+            f"{n.public_host}  {n.stream_url}  {n.version}"
+            for n in nodes
+        ]
+        return lines
+
+    try:
+        print("\n".join(asyncio.run(run())))
+    except (_SchemaBehind, DatabaseUnreachable) as exc:
+        print(f"streamplat: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -236,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing: it reports the schema up to date, or asks you to stop the server first.",
     )
     p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser(
+        "nodes",
+        parents=[common],
+        help="list the nodes sharing the database: alive, left, or lost and claimed",
+        description="Print every node registered in the database ([cluster]) with its state, the "
+        "age of its last heartbeat and its live streams. Reads only: safe beside running servers.",
+    )
+    p.set_defaults(func=_cmd_nodes)
 
     p = sub.add_parser(
         "config",

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import String, Text, select, text, update
+from sqlalchemy import String, Text, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -48,13 +48,14 @@ from streamplat import __version__
 from streamplat.db import Base, UTCDateTime, utcnow
 from streamplat.events import EventBus, StreamChanged, StreamStatusChanged
 from streamplat.streams.models import LIVE_STATUSES, Stream
-from streamplat.streams.schemas import INTERNAL_TOKEN_HEADER
+from streamplat.streams.schemas import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "node_id"
 # A forwarded stop waits for the owner's FFmpeg to finalise (up to ingest.stop_timeout_seconds).
 FORWARD_TIMEOUT_SECONDS = 30.0
+STATUS_TIMEOUT_SECONDS = 2.0  # a status poll answered from the database rather than waiting longer
 
 
 class Node(Base):
@@ -148,6 +149,56 @@ async def db_clock(session: AsyncSession) -> dt.datetime:
     return utcnow()
 
 
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One row of `streamplat nodes`."""
+
+    node_id: str
+    state: str  # alive, left, lost (claimed by <node>), silent (not claimed yet)
+    public_host: str
+    stream_url: str
+    version: str
+    heartbeat_age_seconds: float
+    live_streams: int
+
+
+async def list_nodes(sessions: async_sessionmaker[AsyncSession], timeout_seconds: float) -> list[NodeState]:
+    """Every registered node and what the others make of it (reads only: safe beside servers)."""
+    async with sessions() as session:
+        now = await db_clock(session)
+        rows = (await session.scalars(select(Node).order_by(Node.node_id))).all()
+        result = await session.execute(
+            select(Stream.node_id, func.count(Stream.id))
+            .where(Stream.status.in_(LIVE_STATUSES))
+            .group_by(Stream.node_id)
+        )
+        # Not dict(result): a Result has keys() (its column names), so dict() would index it.
+        counts = {node_id: count for node_id, count in result}
+    states = []
+    for row in rows:
+        age = (now - row.heartbeat_at).total_seconds()
+        if row.left_at is not None:
+            state = "left"
+        elif row.claimed_by is not None:
+            state = f"lost (claimed by {row.claimed_by})"
+        elif age > timeout_seconds:
+            state = "silent"
+        else:
+            state = "alive"
+        states.append(
+            NodeState(
+                row.node_id,
+                state,
+                row.public_host,
+                row.stream_url,
+                row.version,
+                age,
+                counts.get(row.node_id, 0),
+            )
+        )
+    return states
+
+
 # --- the registry --------------------------------------------------------------------------
 
 
@@ -189,6 +240,9 @@ class NodeRegistry:
         self._token = internal_token
         self._clock = clock
         self.recover: Recover | None = None
+        # Called after this node finds it was declared lost while running (its streams were
+        # stopped by the claimer): the stream service ends the listeners it still runs.
+        self.rejoined: Callable[[], Awaitable[None]] | None = None
         # Refreshed every heartbeat; read without I/O.
         self._alive: dict[str, NodeInfo] = {}  # other nodes whose heartbeat is fresh
         self._hosts: dict[str, str] = {node_id: public_host}  # every known node's public host
@@ -359,6 +413,27 @@ class NodeRegistry:
             reply = None
         return status, reply if isinstance(reply, dict) else {}
 
+    async def owner_ingest_status(self, stream_id: str) -> dict[str, Any] | None:
+        """The stream's /stream/{id}/status as the alive other node ingesting it answers it; None
+        when this node ingests it, nobody does, or the owner does not answer in time."""
+        owner = self.stream_owner(stream_id)
+        if owner is None:
+            return None
+        request = urllib.request.Request(
+            f"{owner.stream_url}/stream/{stream_id}/status", headers={FORWARDED_HEADER: self.node_id}
+        )
+
+        def call() -> Any:
+            with urllib.request.urlopen(request, timeout=STATUS_TIMEOUT_SECONDS) as response:
+                return json.loads(response.read())
+
+        try:
+            reply = await asyncio.to_thread(call)
+        except (OSError, ValueError) as exc:  # HTTPError (404 meanwhile), refused, timeout, bad JSON
+            log.debug("stream=%s status from node %s failed: %s", stream_id, owner.node_id, exc)
+            return None
+        return reply if isinstance(reply, dict) else None
+
     def check_internal_token(self, token: str | None) -> bool:
         """Whether `token` is the cluster's internal token (constant time)."""
         return bool(token) and bool(self._token) and hmac.compare_digest(token or "", self._token)
@@ -385,6 +460,8 @@ class NodeRegistry:
                 self.timeout.total_seconds(),
             )
             await self.join()
+            if self.rejoined is not None:
+                await self.rejoined()
 
     async def refresh(self) -> None:
         """Read the other nodes and the live streams' owners into memory; claim lost nodes."""
@@ -414,7 +491,12 @@ class NodeRegistry:
         self._alive = alive
         self._owners = {stream_id: node_id for stream_id, node_id in owners if node_id is not None}
         for node_id in lost:
-            await self.claim(node_id)
+            try:
+                await self.claim(node_id)
+            except Exception:
+                # Rolled back whole (claim and stops share the transaction): the next heartbeat
+                # tries again, or another survivor does.
+                log.exception("node=%s claiming lost node %s failed", self.node_id, node_id)
 
     async def claim(self, node_id: str) -> bool:
         """Claim the lost node and stop its live streams, in one transaction; False if another
@@ -506,9 +588,11 @@ __all__ = [
     "Node",
     "NodeInfo",
     "NodeRegistry",
+    "NodeState",
     "OwnerUnreachable",
     "db_clock",
     "internal_token",
+    "list_nodes",
     "load_or_create_node_id",
     "secret_fingerprint",
     "stream_url_of",

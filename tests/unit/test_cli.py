@@ -82,3 +82,54 @@ def test_config_masks_the_redis_password(
     out = capsys.readouterr().out
     assert "hunter2secret" not in out
     assert '"url": "redis://:***@10.0.0.5:6379/0"' in out
+
+
+def test_migrate_refuses_a_schema_newer_than_this_code(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["migrate", "--data-dir", str(data_dir)]) == 0
+    with sqlite3.connect(data_dir / "streamplat.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    capsys.readouterr()
+    assert main(["migrate", "--data-dir", str(data_dir)]) == 1
+    assert "'0099_from_the_future', newer than this code" in capsys.readouterr().err
+    assert revision(data_dir) == "0099_from_the_future"
+
+
+def test_nodes_lists_every_node_and_its_state(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from streamplat.db import create_engine, session_factory
+    from streamplat.nodes import NodeRegistry
+
+    assert main(["nodes", "--data-dir", str(data_dir)]) == 1
+    assert "no nodes table yet" in capsys.readouterr().err
+    assert main(["migrate", "--data-dir", str(data_dir)]) == 0
+
+    async def join(node_id: str, leave: bool) -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{data_dir / 'streamplat.db'}")
+        registry = NodeRegistry(
+            session_factory(engine),
+            node_id=node_id,
+            public_host=f"{node_id}.example.net",
+            stream_url=f"http://{node_id}:9090",
+            instance=f"test:{node_id}",
+            secret_fingerprint="f" * 32,
+            schema_revision="test",
+        )
+        if leave:
+            async with registry:
+                pass
+        else:
+            await registry.join()
+        await engine.dispose()
+
+    asyncio.run(join("node-up", leave=False))
+    asyncio.run(join("node-gone", leave=True))
+    capsys.readouterr()
+    assert main(["nodes", "--data-dir", str(data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["node_id", "state", "heartbeat"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["node-up"][1] == "alive" and "http://node-up:9090" in rows["node-up"]
+    assert rows["node-gone"][1] == "left"

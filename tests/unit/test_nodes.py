@@ -14,8 +14,10 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tests.support.nodes import stream_row
+from tests.unit.streams.test_service import RecordingIngest
 
-from streamplat.auth import User
+from streamplat.auth import Principal, User
 from streamplat.db import SchemaNewer, create_engine, migrate, session_factory, utcnow
 from streamplat.events import Event, EventBus, StreamEnded, StreamStatusChanged
 from streamplat.nodes import (
@@ -29,6 +31,7 @@ from streamplat.nodes import (
 )
 from streamplat.streams import PortPool, StreamService, ViewerTracker
 from streamplat.streams.models import ACTIVE, STOPPED, Stream
+from streamplat.streams.schemas import StreamCreate
 from streamplat.vod import RecordingService
 from streamplat.vod.models import Recording
 
@@ -77,10 +80,8 @@ def registry(
         instance=instance or f"host-{node_id}:/data",
         secret_fingerprint=secret_fingerprint(secret),
         schema_revision="0006_nodes",
-        heartbeat_seconds=0.5,
-        node_timeout_seconds=3.0,
+        **{"heartbeat_seconds": 0.5, "node_timeout_seconds": 30.0, **kw},
         buses=(bus,) if bus is not None else (),
-        **kw,
     )
 
 
@@ -91,22 +92,10 @@ async def add_stream(sessions: async_sessionmaker[AsyncSession], node_id: str | 
             user = User(username="owner", email="o@example.com", password_hash="x", role="streamer")
             session.add(user)
             await session.flush()
-        stream_id = str(uuid.uuid4())
-        session.add(
-            Stream(
-                id=stream_id,
-                user_id=user.id,
-                name="s",
-                title="live show",
-                status=status,
-                stream_key="k" * 32,
-                port=10001,
-                node_id=node_id,
-                started_at=utcnow(),
-            )
-        )
+        stream = stream_row(user.id, node_id, status)
+        session.add(stream)
         await session.commit()
-    return stream_id
+    return stream.id
 
 
 async def age_heartbeat(sessions: async_sessionmaker[AsyncSession], node_id: str, seconds: float) -> None:
@@ -181,7 +170,7 @@ async def test_two_survivors_racing_claim_a_lost_node_once(
         a.recover = stream_service(engines[0], buses[0], tmp_path, "a").stop_lost_node_streams
         b.recover = stream_service(engines[1], buses[1], tmp_path, "b").stop_lost_node_streams
         assert not await a.claim("node-lost")  # its heartbeat is fresh: not lost yet
-        await age_heartbeat(sessions, "node-lost", 10)
+        await age_heartbeat(sessions, "node-lost", 100)
         won = await asyncio.gather(a.claim("node-lost"), b.claim("node-lost"))
         assert sorted(won) == [False, True]
         assert not await a.claim("node-lost") and not await b.claim("node-lost")
@@ -211,10 +200,12 @@ async def test_a_heartbeat_that_stops_gets_the_node_claimed_by_the_loop(
     bus = EventBus()
     ended: asyncio.Queue[StreamEnded] = asyncio.Queue()
     bus.subscribe(StreamEnded, ended.put_nowait)
-    lost = registry(engines[1], "node-lost")
+    # The one test of the real timeout (3 s): the others age heartbeats by hand, past a timeout
+    # of 30 s, so a loaded machine stalling a heartbeat loop for seconds cannot lose a node.
+    lost = registry(engines[1], "node-lost", node_timeout_seconds=3.0)
     await lost.join()
     sid = await add_stream(sessions, "node-lost", ACTIVE)
-    async with registry(engines[0], "node-a") as a:
+    async with registry(engines[0], "node-a", node_timeout_seconds=3.0) as a:
         a.recover = stream_service(engines[0], bus, tmp_path, "a").stop_lost_node_streams
         await a.refresh()
         assert a.stream_owner(sid) is not None and a.stream_owner(sid).node_id == "node-lost"  # type: ignore[union-attr]
@@ -291,3 +282,81 @@ def test_node_id_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert stream_url_of("", "10.0.0.5", 9090) == "http://10.0.0.5:9090"
     assert stream_url_of("", "::1", 9090) == "http://[::1]:9090"
     assert stream_url_of("https://a.internal:9443/", "x", 9090) == "https://a.internal:9443"
+
+
+async def test_a_node_found_lost_while_running_ends_the_listeners_of_its_stopped_streams(
+    engines: list[AsyncEngine], tmp_path: Path
+) -> None:
+    sessions = session_factory(engines[0])
+    await add_stream(sessions, None, STOPPED)  # creates the owner
+    bus = EventBus()
+    ingest = RecordingIngest(bus)
+    ports = PortPool(40000, 40003, probe=False)
+    async with registry(engines[0], "node-a") as a:
+        service = StreamService(
+            sessions,
+            bus,
+            ingest,
+            ports,
+            ViewerTracker(6.0),
+            tmp_path / "hls",
+            "node-a.example.net",
+            lambda _: None,
+            nodes=a,
+        )
+        async with service:
+            a.rejoined = service.drop_orphaned_ingests
+            owner = Principal(id=1, username="owner", role="streamer")
+            sid = (await service.create_stream(StreamCreate(name="cut off"), owner)).stream_id
+            started = await service.start_stream(sid, owner)
+            assert started.srt_url.startswith("srt://node-a.example.net:")
+            assert ingest.running == {sid} and ports.in_use() == {started.port}
+            # The database did not hear from node-a for longer than the timeout: node-b claims it.
+            async with registry(engines[1], "node-b") as b:
+                b.recover = stream_service(engines[1], EventBus(), tmp_path, "b").stop_lost_node_streams
+                await age_heartbeat(sessions, "node-a", 100)
+                assert await b.claim("node-a")
+            await a.beat()  # node-a reaches the database again
+            assert ingest.running == set() and ports.in_use() == set()
+            async with sessions() as session:
+                row = await session.get(Node, "node-a")
+                stream = await session.get(Stream, sid)
+            assert row is not None and row.claimed_by is None
+            assert stream is not None and stream.status == STOPPED
+
+
+async def test_start_up_and_shutdown_touch_only_this_nodes_streams(
+    engines: list[AsyncEngine], tmp_path: Path
+) -> None:
+    sessions = session_factory(engines[0])
+    on_a = await add_stream(sessions, "node-a", ACTIVE)
+    on_b = await add_stream(sessions, "node-b", ACTIVE)
+    legacy = await add_stream(sessions, None, ACTIVE)  # started before nodes existed
+
+    async def statuses() -> dict[str, str]:
+        async with sessions() as session:
+            return {s.id: s.status for s in (await session.scalars(select(Stream))).all()}
+
+    def service_of(b: NodeRegistry) -> StreamService:
+        return StreamService(
+            sessions,
+            EventBus(),
+            RecordingIngest(EventBus()),
+            PortPool(40000, 40003, probe=False),
+            ViewerTracker(6.0),
+            tmp_path / "hls",
+            "node-b.example.net",
+            lambda _: None,
+            nodes=b,
+        )
+
+    async with registry(engines[0], "node-b") as b:
+        async with registry(engines[1], "node-a"):
+            await b.refresh()
+            async with service_of(b):  # start-up reconcile, then shutdown
+                pass
+            assert await statuses() == {on_a: ACTIVE, on_b: STOPPED, legacy: ACTIVE}
+        await b.refresh()  # node-a left: node-b is alone, and legacy rows are its own
+        async with service_of(b):
+            pass
+    assert await statuses() == {on_a: ACTIVE, on_b: STOPPED, legacy: STOPPED}

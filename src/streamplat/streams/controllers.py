@@ -14,6 +14,7 @@ from streamplat.errors import NotFound, responses
 from streamplat.httpfiles import file_response, file_responses
 from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams.schemas import (
+    FORWARDED_HEADER,
     INTERNAL_TOKEN_HEADER,
     IngestStatusOut,
     InternalStop,
@@ -186,8 +187,15 @@ PLAYLIST_HEADERS = {"Cache-Control": "no-cache, no-store"}
 
 
 @get("/stream/{stream_id:str}/status", responses=responses(404))
-async def ingest_status(stream_id: StreamIdPath, streams: Streams) -> IngestStatusOut:
+async def ingest_status(
+    stream_id: StreamIdPath, request: Request[Any, Any, Any], streams: Streams
+) -> IngestStatusOut:
     """What the stream's FFmpeg listener is doing right now."""
+    if FORWARDED_HEADER not in request.headers and is_stream_id(stream_id):
+        # Ingested by another node: only it knows its FFmpeg (answered from here if it is silent).
+        remote = await streams.owner_ingest_status(stream_id)
+        if remote is not None:
+            return remote
     # The public view (as any viewer sees it): this port needs no token, so no key may leak.
     detail = await streams.get_stream(stream_id, Principal(0, "", "viewer"))
     status = detail.status

@@ -39,6 +39,9 @@ class StreamStarted(msgspec.Struct):
 
 # Header carrying the cluster's internal token on calls between nodes (streamplat.nodes).
 INTERNAL_TOKEN_HEADER = "x-streamplat-internal"
+# Marks a request one node sends another on a client's behalf: it is answered locally, never
+# passed on again (two nodes whose views of an owner briefly differ cannot bounce it).
+FORWARDED_HEADER = "x-streamplat-forwarded"
 
 
 class InternalStop(msgspec.Struct, forbid_unknown_fields=True):

@@ -55,6 +55,7 @@ from streamplat.readcache import ReadCache
 from streamplat.streams.models import ACTIVE, CREATED, LIVE_STATUSES, STOPPED, WAITING, Stream
 from streamplat.streams.portpool import PortPool, PortPoolExhausted
 from streamplat.streams.schemas import (
+    IngestStatusOut,
     KeyRotated,
     StreamCreate,
     StreamCreated,
@@ -111,6 +112,7 @@ class Nodes(Protocol):
         self, node_id: str, stream_id: str, reason: str | None
     ) -> tuple[int, dict[str, Any]]: ...
     def check_internal_token(self, token: str | None) -> bool: ...
+    async def owner_ingest_status(self, stream_id: str) -> dict[str, Any] | None: ...
 
 
 class PlaylistFinaliser(Protocol):
@@ -194,7 +196,8 @@ class StreamService:
         self._segment_counter = SegmentCounter()
         # Streams this process has live; only their HLS fetches count as viewers (a stopped
         # stream's final playlist stays readable, but nobody watches it live any more).
-        self._live: set[str] = set()
+        # (stream id -> its SRT port from this node's pool.)
+        self._live: dict[str, int] = {}
         # One lock per stream id, kept only while someone holds or waits for it.
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: Counter[str] = Counter()
@@ -546,7 +549,7 @@ class StreamService:
             except BaseException:
                 self._ports.release(port)
                 raise
-            self._live.add(stream.id)
+            self._live[stream.id] = port
             log.info("stream=%s waiting on port %s", stream.id, port, extra={"stream_id": stream.id})
             await self._bus.publish(StreamStatusChanged(stream.id, WAITING, stream.user_id))
             hls_dir = self.hls_dir(stream.id)
@@ -578,7 +581,7 @@ class StreamService:
         port = stream.port
         with contextlib.suppress(Exception):
             await self._ingest.stop(stream.id)  # whatever part of it did start
-        self._live.discard(stream.id)
+        self._live.pop(stream.id, None)
         stream.status = CREATED
         stream.port = None
         stream.started_at = None
@@ -637,6 +640,9 @@ class StreamService:
         except Exception as exc:  # OwnerUnreachable, with the node and the cause in its message
             log.warning("stream=%s stop on node %s failed: %s", stream_id, node_id, exc)
             raise ServiceUnavailable(f"Could not stop the stream: {exc}") from None
+        finally:
+            # The owner changed the row: without Redis nothing else tells this node's read cache.
+            self._rows.invalidate(stream_id)
         if status == 200:
             try:
                 return msgspec.convert(reply, StreamStopped)
@@ -701,6 +707,37 @@ class StreamService:
 
         return announce
 
+    async def drop_orphaned_ingests(self) -> None:
+        """Stop the listeners this node still runs for streams the database no longer has live
+        here: another node found this one lost (no heartbeat reached the database) and stopped them."""
+        async with self._sessions() as session:
+            live_here = set(
+                (
+                    await session.scalars(
+                        select(Stream.id).where(
+                            Stream.status.in_(LIVE_STATUSES), Stream.node_id == self.node_id
+                        )
+                    )
+                ).all()
+            )
+        for stream_id, port in list(self._live.items()):
+            if stream_id in live_here:
+                continue
+            log.warning(
+                "stream=%s was stopped by another node while this one was cut off; ending its listener",
+                stream_id,
+                extra={"stream_id": stream_id},
+            )
+            try:
+                await self._ingest.stop(stream_id)
+            except Exception:
+                log.exception(
+                    "stream=%s orphaned listener did not stop", stream_id, extra={"stream_id": stream_id}
+                )
+            self._live.pop(stream_id, None)
+            self._ports.release(port)
+            self.viewers.forget(stream_id)
+
     async def _mark_stopped(self, stream_id: str, reason: str | None) -> bool:
         """Write the stopped state (with its recording row) and announce it; True if there is media."""
         hls_dir = self.hls_dir(stream_id)
@@ -724,7 +761,7 @@ class StreamService:
             await self._commit(session, stream_id)
         if port is not None:
             self._ports.release(port)
-        self._live.discard(stream_id)
+        self._live.pop(stream_id, None)
         self.viewers.forget(stream_id)
         log.info(
             "stream=%s stopped%s", stream_id, f" ({reason})" if reason else "", extra={"stream_id": stream_id}
@@ -832,6 +869,19 @@ class StreamService:
                 if self._last_counts.get(stream_id, 0) != count:
                     await self._bus.publish(ViewerCountChanged(stream_id, count))
             self._last_counts = {k: v for k, v in counts.items() if v}
+
+    async def owner_ingest_status(self, stream_id: str) -> IngestStatusOut | None:
+        """/stream/{id}/status as the other node ingesting the stream answers it (it alone knows
+        its FFmpeg); None when this node ingests it, nobody does, or the owner does not answer."""
+        if self._nodes is None:
+            return None
+        reply = await self._nodes.owner_ingest_status(stream_id)
+        if reply is None:
+            return None
+        try:
+            return msgspec.convert(reply, IngestStatusOut)
+        except msgspec.ValidationError:
+            return None
 
     def ingest_status(self, stream_id: str) -> IngestStatusLike | None:
         """What the supervisor knows of the stream's FFmpeg child (None when not supervised)."""
