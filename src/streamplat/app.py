@@ -35,6 +35,7 @@ from streamplat.db import create_engine, ensure_reachable, migrate, schema_revis
 from streamplat.events import EventBus, StreamChanged
 from streamplat.hls.asgi import HlsFastPath
 from streamplat.hls.disk import finalise_index
+from streamplat.hls.owners import OwnerRouter
 from streamplat.http import RequestContext, build_app
 from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
 from streamplat.metrics import PlatformMetrics, metrics_endpoint
@@ -421,14 +422,13 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
     def touch(stream_id: str, host: str | None, agent: str | None) -> None:
         streams.touch_viewer(stream_id, viewer_key(host, agent))
 
-    # A live stream ingested by another node: nginx is told where (X-Accel-Redirect), a direct
-    # player is sent there (307); see hls/asgi.py and deploy/nginx/streamplat.conf.
+    # Live HLS from memory; what this node's store does not hold, but another alive node
+    # ingests, is sent there (nginx: X-Accel-Redirect; direct players: 307; hls/owners.py).
     context.app = HlsFastPath(
-        context.app,
+        OwnerRouter(context.app, platform.nodes.stream_owner, cors_origins=s.cors_origins),
         platform.supervisor.live_store,
         touch=touch,
         cors_origins=s.cors_origins,
-        owner=platform.nodes.stream_owner,
     )
     return apps
 

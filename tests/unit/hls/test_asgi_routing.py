@@ -1,7 +1,8 @@
 """/hls/ requests for a stream another node ingests: X-Accel-Redirect behind nginx, 307 without.
 
-The fast path is driven through its ASGI interface; the owner lookup is a dict (the node
-registry's `stream_owner` is synchronous and in memory, tested with the registry).
+The fast path and the owner router behind it, composed as app.py does, are driven through their
+ASGI interface; the owner lookup is a dict (the node registry's `stream_owner` is synchronous and
+in memory, tested with the registry).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from streamplat.hls.asgi import HlsFastPath
+from streamplat.hls.owners import OwnerRouter
 from streamplat.hls.store import LiveStore
 
 STREAM = "s_abc-123"
@@ -40,7 +42,8 @@ def call(
     async def app(scope: Any, receive: Any, send: Any) -> None:
         fell_through.append(scope["path"])
 
-    fast = HlsFastPath(app, LiveStore(), owner=owners.get, cors_origins=["https://site.example"])
+    origins = ["https://site.example"]
+    fast = HlsFastPath(OwnerRouter(app, owners.get, cors_origins=origins), LiveStore(), cors_origins=origins)
     headers = [(b"host", b"node-b")]
     if edge is not None:
         headers.append((b"x-streamplat-edge", edge))
@@ -142,11 +145,11 @@ def test_a_query_that_could_break_the_header_is_refused() -> None:
         "not a url",
     ],
 )
-def test_an_owner_address_nginx_cannot_use_is_a_502_not_a_redirect(url: str) -> None:
+def test_an_owner_address_nginx_cannot_use_is_a_503_not_a_redirect(url: str) -> None:
     owners = {STREAM: Owner("node-a", url, "a.example.com")}
     status, headers, body = call(owners, f"/hls/{STREAM}/part_1_1.m4s", edge=b"nginx")
-    assert status == 502 and b"x-accel-redirect" not in headers
-    assert b"no usable address" in body
+    assert status == 503 and b"x-accel-redirect" not in headers
+    assert b"no address viewers can be sent to" in body
 
 
 def test_ipv6_owners_are_bracketed() -> None:
