@@ -24,10 +24,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from tests.support.server import SERVICES, ServerProcess, free_tcp_port, make_server
+
+if TYPE_CHECKING:
+    from tests.support.s3 import MotoServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "nginx" / "streamplat.conf"
@@ -278,7 +282,7 @@ class Cluster:
     b: ServerProcess
     nginx: NginxProcess
     bucket: str
-    moto: object
+    moto: MotoServer
 
     @property
     def nodes(self) -> list[ServerProcess]:
