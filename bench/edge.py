@@ -25,7 +25,9 @@ best round of each side printed (all rounds go to --json):
               hits), --connections connections for --reqs-seconds each.
 
 Everything shares this machine's cores (the load generator too): each line prints its direct
-reference from the same run and the load average.
+reference from the same run and the load average. nginx's access log (with timings) gives its
+own view: the time it spent on each media request and how many it answered from its cache;
+TEST_EDGE_KEEP=1 keeps the temporary directory with that log.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from tests.support.cluster import NginxProcess, make_certificate, nginx_availabl
 
 MODES = ("players", "ll", "reqs")
 BEST = {"players": "download_p99", "ll": "after_created_p50"}  # which round of each side is kept
-ACCESS_LOG = bool(os.environ.get("TEST_EDGE_ACCESS_LOG"))  # nginx's access log with timings, kept
+KEEP = bool(os.environ.get("TEST_EDGE_KEEP"))  # keep the temporary directory (nginx's access log)
 GOALS = {"segment_p99_s": 0.5, "behind": 0, "added_latency_s": 0.2}
 
 
@@ -72,7 +74,8 @@ class Edge:
             self.target.publish()
             cert, key = make_certificate(tmp / "tls")
             self.nginx = NginxProcess(tmp / "nginx", cert, key, plain_port=api_bench.free_port())
-            self.nginx.write_conf([self.node.ports], connections=16384, access_log=ACCESS_LOG)
+            # The access log (with timings) gives nginx's own view of each request.
+            self.nginx.write_conf([self.node.ports], connections=16384, access_log=True)
             self.nginx.start()
         except BaseException:
             self.stop()
@@ -124,6 +127,8 @@ def simulate(edge: Edge, url: str, players: int, seconds: float, ll: bool, via_n
     worker = edge.nginx.worker_pid()
     pids = {"node": edge.node_pid(), "nginx": worker if via_nginx else None}
     before = {k: llhls.cpu_seconds(p) for k, p in pids.items() if p}
+    access_log = edge.nginx.tmp / "access.log"
+    offset = access_log.stat().st_size if access_log.exists() else 0
     started = time.monotonic()
     result = llhls.run_simulator(url, players, seconds, ll, None, edge.status_url if ll else None)
     wall = time.monotonic() - started
@@ -132,7 +137,29 @@ def simulate(edge: Edge, url: str, players: int, seconds: float, ll: bool, via_n
             with contextlib.suppress(OSError):
                 result[f"{k}_cpu"] = (llhls.cpu_seconds(p) - before[k]) / wall
     result["load"] = os.getloadavg()[0]
+    if via_nginx:
+        time.sleep(1.0)  # nginx writes its log buffer out
+        with access_log.open("rb") as f:
+            f.seek(offset)
+            result.update(nginx_view(f.read().decode(errors="replace"), "part_" if ll else "seg_"))
     return result
+
+
+def nginx_view(log_text: str, media: str) -> dict[str, Any]:
+    """From nginx's access log (tests/support/cluster.py's `timed` format): its own request time
+    for the media requests (request read -> response written, without the client's scheduling)
+    and the share it answered from its cache."""
+    times, hits = [], 0
+    for line in log_text.splitlines():
+        fields = line.split(" ", 8)
+        if len(fields) == 9 and f"/{media}" in fields[8]:
+            times.append(float(fields[1]))
+            hits += fields[5] == "HIT"
+    return {
+        "nginx_time_p50": llhls._pct(times, 0.5),
+        "nginx_time_p99": llhls._pct(times, 0.99),
+        "nginx_hit_share": hits / len(times) if times else None,
+    }
 
 
 def best(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -228,6 +255,13 @@ def report_simulation(
         f"{label}: CPU (share of one core) node / nginx worker / simulator",
         f"{pct(n, 'node_cpu')} / {pct(n, 'nginx_cpu')} / {pct(n, 'simulator_cpu')}",
         f"{pct(d, 'node_cpu')} / - / {pct(d, 'simulator_cpu')}",
+        "",
+        "",
+    )
+    row(
+        f"{label}: nginx's own time per media request p50 / p99 (its log); answered from its cache",
+        f"{fmt(n.get('nginx_time_p50'))} / {fmt(n.get('nginx_time_p99'))} s; {pct(n, 'nginx_hit_share')}",
+        "",
         "",
         "",
     )
@@ -331,7 +365,7 @@ def main() -> int:
     finally:
         if edge is not None:
             edge.stop()
-        if not ACCESS_LOG:
+        if not KEEP:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             log(f"kept {tmp} (nginx access log with timings)")
