@@ -40,6 +40,7 @@ from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlis
 from streamplat.metrics import PlatformMetrics, metrics_endpoint
 from streamplat.nodes import (
     NodeRegistry,
+    NodesCollector,
     internal_token,
     load_or_create_node_id,
     secret_fingerprint,
@@ -134,6 +135,7 @@ class Platform:
         # Before the stream service, which asks it whose streams are whose, and stopped after it:
         # this node's streams end before its row says it left.
         self.nodes = await self._stack.enter_async_context(await self._node_registry(secret))
+        self.metrics.registry.register(NodesCollector(self.nodes))
         self.auth = AuthService(
             self.sessions,
             passwords,

@@ -34,12 +34,13 @@ import secrets
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import String, Text, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -583,12 +584,37 @@ class NodeRegistry:
                     self._owners.pop(stream_id, None)
 
 
+class NodesCollector:
+    """Prometheus series of the registry (registered on the platform's registry).
+
+    streamplat_cluster_nodes_alive        gauge, the nodes this one sees alive (itself included)
+    streamplat_cluster_claims_total       counter, lost nodes this node claimed
+    """
+
+    def __init__(self, registry: NodeRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        r = self._registry
+        yield GaugeMetricFamily(
+            "streamplat_cluster_nodes_alive",
+            "Nodes this node sees alive (itself included), as of its last heartbeat.",
+            value=1 + len(r.alive_nodes()),
+        )
+        yield CounterMetricFamily(
+            "streamplat_cluster_claims",
+            "Lost nodes this node claimed (and whose live streams it stopped).",
+            value=r.claims,
+        )
+
+
 __all__ = [
     "ClusterMismatch",
     "Node",
     "NodeInfo",
     "NodeRegistry",
     "NodeState",
+    "NodesCollector",
     "OwnerUnreachable",
     "db_clock",
     "internal_token",

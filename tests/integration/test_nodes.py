@@ -192,6 +192,9 @@ def test_a_node_killed_mid_stream_is_found_lost_and_its_stream_stopped_by_anothe
     )
     assert str(final["status_reason"]).startswith("node lost: node-a"), final
     assert a.sql("SELECT claimed_by FROM nodes WHERE node_id = 'node-a'") == [("node-b",)]
+    metrics = b.main.get("/metrics").text
+    assert "streamplat_cluster_claims_total 1.0" in metrics
+    assert "streamplat_cluster_nodes_alive 1.0" in metrics
     # One recording, staged by B (its media comes back from object storage when configured).
     rows = a.sql("SELECT media_dir FROM recordings WHERE stream_id = ?", sid)
     assert [Path(m) for (m,) in rows] == [b.data_dir.resolve() / "hls" / sid]

@@ -25,6 +25,7 @@ from streamplat.nodes import (
     Node,
     NodeInfo,
     NodeRegistry,
+    NodesCollector,
     load_or_create_node_id,
     secret_fingerprint,
     stream_url_of,
@@ -213,6 +214,8 @@ async def test_a_heartbeat_that_stops_gets_the_node_claimed_by_the_loop(
         event = await asyncio.wait_for(ended.get(), 30)
         assert event.stream_id == sid and a.claims == 1
         assert a.stream_owner(sid) is None
+        metrics = {m.name: m.samples[0].value for m in NodesCollector(a).collect()}
+        assert metrics == {"streamplat_cluster_nodes_alive": 1, "streamplat_cluster_claims": 1}
 
 
 async def test_a_node_restarted_with_its_id_takes_its_claimed_row_back(engines: list[AsyncEngine]) -> None:
