@@ -66,6 +66,7 @@ class Node(Base):
     public_host: Mapped[str] = mapped_column(String(255))
     stream_url: Mapped[str] = mapped_column(String(255))
     instance: Mapped[str] = mapped_column(Text)
+    incarnation: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(32))
     schema_revision: Mapped[str] = mapped_column(String(64))
     secret_fingerprint: Mapped[str] = mapped_column(String(64))
@@ -232,6 +233,8 @@ class NodeRegistry:
         self.public_host = public_host
         self.stream_url = stream_url
         self._instance = instance
+        self._incarnation = secrets.token_hex(8)
+        self._usurped = False  # another process joined with this node_id (logged once)
         self._fingerprint = secret_fingerprint
         self._schema_revision = schema_revision
         self.heartbeat_seconds = heartbeat_seconds
@@ -335,6 +338,7 @@ class NodeRegistry:
             mine.public_host = self.public_host
             mine.stream_url = self.stream_url
             mine.instance = self._instance
+            mine.incarnation = self._incarnation
             mine.version = __version__
             mine.schema_revision = self._schema_revision
             mine.secret_fingerprint = self._fingerprint
@@ -447,11 +451,30 @@ class NodeRegistry:
             now = await db_clock(session)
             result = await session.execute(
                 update(Node)
-                .where(Node.node_id == self.node_id, Node.claimed_by.is_(None))
+                .where(
+                    Node.node_id == self.node_id,
+                    Node.claimed_by.is_(None),
+                    Node.incarnation == self._incarnation,
+                )
                 .values(heartbeat_at=now, left_at=None)
             )
             matched = result.rowcount  # type: ignore[attr-defined]
             await session.commit()
+            row = None if matched else await session.get(Node, self.node_id)
+        if row is not None and row.claimed_by is None and row.incarnation != self._incarnation:
+            # Another process joined with our node_id after us (same host name and data directory
+            # path: a cloned machine or disk). Taking the row back would make the two fight over
+            # it every heartbeat; it is the operator's to fix, and it is said loudly.
+            if not self._usurped:
+                log.error(
+                    "node=%s is now also used by another process (%s) that joined after this one: "
+                    "give each node its own cluster.node_id (or <data_dir>/node_id); this process "
+                    "no longer writes the node's heartbeat",
+                    self.node_id,
+                    row.instance,
+                )
+            self._usurped = True
+            return
         if not matched:
             # Claimed while this process could not reach the database (its streams are stopped
             # in the database now), or the row was deleted: join again to take it back.

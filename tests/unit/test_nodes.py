@@ -363,3 +363,26 @@ async def test_start_up_and_shutdown_touch_only_this_nodes_streams(
         async with service_of(b):
             pass
     assert await statuses() == {on_a: ACTIVE, on_b: STOPPED, legacy: STOPPED}
+
+
+async def test_a_second_process_joining_with_the_same_identity_is_reported_not_fought(
+    engines: list[AsyncEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cloned machine: same host name, same data directory path, so join() cannot tell it apart.
+    first = registry(engines[0], "node-a", instance="clone:/data")
+    await first.join()
+    second = registry(engines[1], "node-a", instance="clone:/data")
+    await second.join()
+    sessions = session_factory(engines[0])
+    async with sessions() as session:
+        before = await session.scalar(select(Node.heartbeat_at))
+    await first.beat()
+    await first.beat()
+    async with sessions() as session:
+        row = await session.get(Node, "node-a")
+    assert row is not None and row.heartbeat_at == before and row.claimed_by is None
+    errors = [m for m in caplog.messages if "is now also used by another process" in m]
+    assert len(errors) == 1 and "clone:/data" in errors[0]
+    await second.beat()  # the process that joined last goes on
+    async with sessions() as session:
+        assert (await session.scalar(select(Node.heartbeat_at))) > before  # type: ignore[operator]
