@@ -32,6 +32,7 @@ import logging
 import re
 import secrets
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,7 +42,7 @@ from types import TracebackType
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from sqlalchemy import String, Text, func, select, text, update
+from sqlalchemy import String, Text, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 NODE_ID_FILE = "node_id"
 # A forwarded stop waits for the owner's FFmpeg to finalise (up to ingest.stop_timeout_seconds).
 FORWARD_TIMEOUT_SECONDS = 30.0
+# Rows of nodes that left or were lost this long ago are deleted (ids generated per start, e.g.
+# in containers without a kept data directory, would otherwise pile up); checked hourly.
+NODE_ROW_KEEP = dt.timedelta(days=7)
+PRUNE_EVERY_SECONDS = 3600.0
 STATUS_TIMEOUT_SECONDS = 2.0  # a status poll answered from the database rather than waiting longer
 
 
@@ -235,6 +240,7 @@ class NodeRegistry:
         self._instance = instance
         self._incarnation = secrets.token_hex(8)
         self._usurped = False  # another process joined with this node_id (logged once)
+        self._pruned_at: float | None = None
         self._fingerprint = secret_fingerprint
         self._schema_revision = schema_revision
         self.heartbeat_seconds = heartbeat_seconds
@@ -554,12 +560,29 @@ class NodeRegistry:
         await announce()
         return True
 
+    async def prune(self) -> int:
+        """Delete the rows of nodes that left or were claimed over NODE_ROW_KEEP ago; how many."""
+        async with self._sessions() as session:
+            cutoff = await db_clock(session) - NODE_ROW_KEEP
+            result = await session.execute(
+                delete(Node).where(or_(Node.left_at < cutoff, Node.claimed_at < cutoff))
+            )
+            await session.commit()
+        count = int(result.rowcount)  # type: ignore[attr-defined]
+        if count:
+            log.info("node=%s forgot %d node(s) gone for over %s", self.node_id, count, NODE_ROW_KEEP)
+        return count
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             try:
                 await self.beat()
                 await self.refresh()
+                now = time.monotonic()
+                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                    self._pruned_at = now
+                    await self.prune()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
