@@ -79,6 +79,15 @@ def fixture_cluster(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterat
         a.drop_database()
 
 
+def clock_ahead(seconds: int) -> dict[str, str]:
+    """Environment that runs a process with its wall clock `seconds` ahead (monotonic untouched)."""
+    import libfaketime  # type: ignore[import-untyped]
+
+    vendor = Path(libfaketime.__file__).parent / "vendor"
+    library = next(vendor.rglob("libfaketime.so.1"))
+    return {"LD_PRELOAD": str(library), "FAKETIME": f"+{seconds}s", "DONT_FAKE_MONOTONIC": "1"}
+
+
 def start_on(srv: ServerProcess, token: str, name: str) -> tuple[str, dict[str, object]]:
     r = srv.main.post("/api/streams", json={"name": name}, headers=bearer(token))
     assert r.status_code == 201, r.text
@@ -152,6 +161,8 @@ def test_a_node_that_disagrees_with_the_cluster_refuses_to_start(cluster: Cluste
     cases = [
         ({"STREAMPLAT_AUTH__JWT_SECRET": "m" * 48}, "auth.jwt_secret differs from the one of the alive node"),
         ({"STREAMPLAT_CLUSTER__NODE_ID": "node-a"}, "another node with node_id 'node-a' is alive"),
+        # The process's wall clock 10 s ahead of PostgreSQL's (libfaketime, preloaded).
+        (clock_ahead(10), "this machine's clock differs from the database's by 10."),
     ]
     for i, (env, needle) in enumerate(cases):
         srv = cluster.node(f"refused{i}", **env)
