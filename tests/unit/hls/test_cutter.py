@@ -212,6 +212,19 @@ def test_early_first_segment_playlists_pass_the_checker(fmp4_av: bytes) -> None:
             facts = check_playlist(text, facts)
     assert facts is not None and facts.segments == len(closed) >= 2
     assert facts.part_target == pytest.approx(0.2) and facts.target_duration == 1
+    # the legacy playlist (ingest.low_latency = false) of the same window: segments only
+    assert cutter.target_duration is not None
+    legacy = render_live(
+        closed[:1],
+        None,
+        target_duration=cutter.target_duration,
+        part_target=0.2,
+        hint=None,
+        ended=False,
+        low_latency=False,
+    ).decode()
+    assert check_playlist(legacy).segments == 1 and "#EXT-X-PART" not in legacy
+    assert "#EXTINF:0.20000," in legacy.splitlines()
 
 
 def test_first_segment_seconds_is_checked() -> None:
