@@ -153,6 +153,7 @@ class Platform:
                     segment_seconds=i.segment_seconds,
                     playlist_size=i.playlist_size,
                     part_seconds=i.part_seconds,
+                    first_segment_seconds=i.first_segment_seconds,
                     memory_segments=i.memory_segments,
                     low_latency=i.low_latency,
                     reconnect_window_seconds=i.reconnect_window_seconds,

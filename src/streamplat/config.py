@@ -84,6 +84,7 @@ class IngestSettingsSection(_Section):
     srt_latency_ms: int = 120
     segment_seconds: float = 1.0
     part_seconds: float = 0.2
+    first_segment_seconds: float = 0.2
     playlist_size: int = 6
     memory_segments: int = 12
     low_latency: bool = True
@@ -312,6 +313,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("ingest.playlist_size: must be between 2 and 100")
     if not 0.1 <= i.part_seconds <= 2 or i.part_seconds > i.segment_seconds:
         raise ConfigError("ingest.part_seconds: must be between 0.1 and 2, and at most segment_seconds")
+    if i.first_segment_seconds != 0 and not i.part_seconds <= i.first_segment_seconds <= i.segment_seconds:
+        raise ConfigError(
+            "ingest.first_segment_seconds: must be 0 (off) or between part_seconds and segment_seconds"
+        )
     if not i.playlist_size <= i.memory_segments <= 1000:
         raise ConfigError("ingest.memory_segments: must be between playlist_size and 1000")
     if i.reconnect_window_seconds < 0:

@@ -76,6 +76,8 @@ class IngestSettings:
     segment_seconds: float = 1.0  # HLS segment target length (cut at the next keyframe)
     playlist_size: int = 6  # segments in the sliding live playlist
     part_seconds: float = 0.2  # LL-HLS part length (FFmpeg's -frag_duration)
+    # A publisher session's first segment closes this early (0: after a full GOP), design §3.4.8.
+    first_segment_seconds: float = 0.2
     memory_segments: int = 12  # segments kept in memory (playlist window + late fetches)
     low_latency: bool = True  # False: no part tags / blocking reload (a plain live playlist)
     reconnect_window_seconds: float = 300.0  # how long a dropped publisher may take to return
@@ -410,6 +412,8 @@ class IngestSupervisor:
             next_dsn=state.next_dsn,
             target_duration=state.target_duration,
             had_segments=state.has_media,
+            first_segment_seconds=settings.first_segment_seconds,
+            part_seconds=settings.part_seconds,
         )
         writer = DiskWriter(stream.hls_dir, state)
         live = LiveStream(
