@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
-from tests.support.server import free_tcp_port
-from tests.unit.test_protocols import ThreadServer, closed_by_server, connect
+from tests.unit.test_protocols import closed_by_server, connect, lifespan, thread_server
 
 from streamplat.protocols import http_protocol
 
@@ -45,11 +42,8 @@ def direct(
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            kind = (await receive())["type"]
-            await send({"type": kind + ".complete"})
-            if kind == "lifespan.shutdown":
-                return
+        await lifespan(receive, send)
+        return
     while (await receive()).get("more_body"):
         pass
     path = scope["path"]
@@ -67,26 +61,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(name="port", scope="module")
 def fixture_port() -> Iterator[int]:
-    port = free_tcp_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        http=http_protocol("httptools", max_header_bytes=8192, header_timeout=5, direct=direct),
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=KEEP_ALIVE,
-    )
-    server = ThreadServer(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    protocol = http_protocol("httptools", max_header_bytes=8192, header_timeout=5, direct=direct)
+    with thread_server(app, protocol, timeout_keep_alive=KEEP_ALIVE) as port:
+        yield port
 
 
 class Reader:
