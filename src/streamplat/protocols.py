@@ -249,10 +249,13 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 return  # lingering: read and drop
             if self.awaiting_headers:
                 self.guard.received += len(data)
-                self.guard.awaiting()
             super().data_received(data)
-            if self.awaiting_headers and self.guard.too_large() and not self.transport.is_closing():
-                if self.cycle is None or self.cycle.response_complete:
+            if self.awaiting_headers and self.guard.received and not self.transport.is_closing():
+                if not self.guard.too_large():
+                    # Headers begun and not complete: their clock runs (from their first read).
+                    # Not started before parsing, so a request read whole costs no timer.
+                    self.guard.awaiting()
+                elif self.cycle is None or self.cycle.response_complete:
                     _reject_oversized(self.guard)
                 else:  # a pipelined request while a response is on the wire: no room for an answer
                     self.transport.close()
