@@ -314,9 +314,14 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             raw_path: bytes = parsed.path
             if b"%" in raw_path:  # names the store answers never need escapes; ASGI unquotes
                 return False
-            answer = self.direct(
-                method.decode(), raw_path.decode("ascii"), parsed.query or b"", self.headers, self.client
-            )
+            try:
+                path = raw_path.decode("ascii")  # else uvicorn's own decoding answers 400, as before
+                answer = self.direct(method.decode(), path, parsed.query or b"", self.headers, self.client)
+            except UnicodeDecodeError:
+                return False
+            except Exception:  # a bug here must not turn into the parser's 400: ASGI answers
+                log.exception("direct answer to %s failed; left to the app", path)
+                return False
             if answer is None:
                 return False
             head, body = answer

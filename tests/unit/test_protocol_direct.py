@@ -32,6 +32,8 @@ def body_for(path: str, query: bytes) -> bytes:
 def direct(
     method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None
 ) -> tuple[bytes, bytes] | None:
+    if path == "/hls/s/boom":
+        raise RuntimeError("a bug in the direct answer")
     if path not in ("/hls/s/fast", "/hls/s/big"):
         return None
     CALLS.append(path)
@@ -178,3 +180,13 @@ def test_h11_keeps_every_request_on_asgi() -> None:
     limits = {"max_header_bytes": 1024, "header_timeout": 1.0}
     assert not hasattr(http_protocol("h11", **limits, direct=direct), "direct")  # type: ignore[arg-type]
     assert http_protocol("httptools", **limits, direct=direct).direct is direct  # type: ignore[arg-type, attr-defined]
+
+
+def test_a_failing_direct_answer_is_logged_and_left_to_asgi(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("ERROR", logger="streamplat.http"), connect(port) as sock:
+        sock.sendall(b"GET /hls/s/boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = Reader(sock).response()
+    assert status == b"HTTP/1.1 200 OK" and headers[b"x-via"] == b"asgi" and body == b"/hls/s/boom"
+    assert any("direct answer to /hls/s/boom failed" in r.getMessage() and r.exc_info for r in caplog.records)
