@@ -220,6 +220,7 @@ class _HeadersTooLarge(Exception):
 def _httptools_protocol() -> type[asyncio.Protocol] | None:
     try:
         import httptools
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
         from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:  # httptools is optional: h11 serves without it
         return None
@@ -307,8 +308,16 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 or self.parser.should_upgrade()
             ):
                 return False
-            for name, _ in self.headers:
+            forwarded: list[bytes] = []
+            for name, value in self.headers:
                 if name in _NOT_DIRECT:
+                    return False
+                if name == b"x-forwarded-for":
+                    forwarded.append(value)
+            client = self.client
+            if forwarded:
+                client = self._forwarded_client(forwarded)
+                if client is None:
                     return False
             parsed = httptools.parse_url(url)
             raw_path: bytes = parsed.path
@@ -316,7 +325,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 return False
             try:
                 path = raw_path.decode("ascii")  # else uvicorn's own decoding answers 400, as before
-                answer = self.direct(method.decode(), path, parsed.query or b"", self.headers, self.client)
+                answer = self.direct(method.decode(), path, parsed.query or b"", self.headers, client)
             except UnicodeDecodeError:
                 return False
             except Exception:  # a bug here must not turn into the parser's 400: ASGI answers
@@ -351,6 +360,23 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 self.closed_directly = True
                 self.transport.close()
             return True
+
+        def _forwarded_client(self, forwarded: list[bytes]) -> tuple[str, int] | None:
+            """The client address uvicorn's ProxyHeadersMiddleware puts in the ASGI scope of a
+            request with X-Forwarded-For (viewers are counted by it), or None if this uvicorn's
+            middleware cannot be asked (then the request goes the ASGI way)."""
+            client = self.client
+            proxy = self.app  # uvicorn's outermost app: ProxyHeadersMiddleware unless proxy_headers is off
+            if not isinstance(proxy, ProxyHeadersMiddleware):
+                return client
+            trusted: Any = getattr(proxy, "trusted_hosts", None)
+            address = getattr(trusted, "get_trusted_client_address", None)
+            if address is None:
+                return None
+            if client is None or client[0] not in trusted:
+                return client
+            host, port = address(b", ".join(forwarded).decode("latin1"))
+            return (host, port) if host else client
 
         def send_400_response(self, msg: str) -> None:
             if self.headers_too_large:

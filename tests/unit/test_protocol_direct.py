@@ -34,6 +34,9 @@ def direct(
 ) -> tuple[bytes, bytes] | None:
     if path == "/hls/s/boom":
         raise RuntimeError("a bug in the direct answer")
+    if path == "/hls/s/client":
+        body = repr(client and client[0]).encode()  # the port differs per connection
+        return b"content-length: %d\r\nx-via: direct\r\n" % len(body), body
     if path not in ("/hls/s/fast", "/hls/s/big"):
         return None
     CALLS.append(path)
@@ -51,7 +54,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/hls/s/slow":
         await asyncio.sleep(0.05)  # still answering when the requests pipelined behind it are parsed
-    body = body_for(path, scope["query_string"]) if path in ("/hls/s/fast", "/hls/s/big") else path.encode()
+    if path == "/hls/s/client":
+        body = repr(scope["client"] and scope["client"][0]).encode()
+    elif path in ("/hls/s/fast", "/hls/s/big"):
+        body = body_for(path, scope["query_string"])
+    else:
+        body = path.encode()
     headers = [
         (b"content-type", b"text/plain"),
         (b"content-length", str(len(body)).encode()),
@@ -190,3 +198,30 @@ def test_a_failing_direct_answer_is_logged_and_left_to_asgi(
         status, headers, body = Reader(sock).response()
     assert status == b"HTTP/1.1 200 OK" and headers[b"x-via"] == b"asgi" and body == b"/hls/s/boom"
     assert any("direct answer to /hls/s/boom failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        b"",
+        b"X-Forwarded-For: 10.1.2.3\r\n",
+        b"X-Forwarded-For: 10.9.9.9, 10.1.2.3\r\n",
+        b"X-Forwarded-For: \r\n",
+    ],
+    ids=["none", "one", "chain", "empty"],
+)
+def test_the_client_is_the_one_the_asgi_scope_gets_behind_a_trusted_proxy(
+    port: int, forwarded: bytes
+) -> None:
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default (ProxyHeadersMiddleware); viewers
+    # are counted by this address, so both paths must agree on it.
+    answers = []
+    for extra in (b"", b"Content-Length: 0\r\n"):
+        with connect(port) as sock:
+            sock.sendall(b"GET /hls/s/client HTTP/1.1\r\nHost: x\r\n" + forwarded + extra + b"\r\n")
+            answers.append(Reader(sock).response())
+    (_, direct_headers, direct_body), (_, asgi_headers, asgi_body) = answers
+    assert direct_headers[b"x-via"] == b"direct" and asgi_headers[b"x-via"] == b"asgi"
+    assert direct_body == asgi_body
+    if forwarded.strip().endswith(b"10.1.2.3"):
+        assert direct_body == b"'10.1.2.3'"
