@@ -16,6 +16,12 @@ opens connections and trickles bytes holds them for ever (slowloris).
   arrived (or a new connection that sends nothing for that long) is answered with **408**
   (if it sent anything) and closed. Idle keep-alive connections between requests are governed
   by uvicorn's keep-alive timeout instead.
+
+With httptools, `http_protocol(direct=...)` also lets one port answer some requests itself: the
+Stream App's live /hls/ files in memory (hls/asgi.py `DirectHls`). Such a GET/HEAD is written
+from `on_headers_complete`, in one write, with the bytes uvicorn would write for the ASGI
+answer, when that keeps every guarantee of the ASGI path (`_answer_directly` says which);
+every other request goes through uvicorn's scope, task and ASGI app as before.
 """
 
 from __future__ import annotations
