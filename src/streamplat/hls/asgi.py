@@ -7,6 +7,10 @@ methods other than GET/HEAD) falls through to the Litestar app, which serves the
 
 Names are parsed with fixed patterns into integers and looked up in dicts; they are never
 joined into a path, so `..`, `%2f` or absolute names cannot leave the stream's folder.
+
+What memory answers at once (`HlsFastPath.answer_now`) is, with httptools, written even
+earlier, by the Stream App's HTTP protocol through `DirectHls` (protocols.py): no ASGI scope,
+task or middleware either, and the same bytes on the wire.
 """
 
 from __future__ import annotations
