@@ -831,13 +831,30 @@ def reqs(target: Target, tmp: Path, seconds: float, connections: int) -> dict[st
             copy = root / path.lstrip("/")
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_bytes(data)
-            ours = api_bench.run_wrk(url, seconds, connections)
-            ref = api_bench.run_wrk(nginx.url(path), seconds, connections)
-            results[kind] = {"bytes": len(data), "ours": vars(ours), "nginx": vars(ref)}
+            ours, ours_cpu = wrk_with_cpu(url, seconds, connections, target.server_pid)
+            ref, ref_cpu = wrk_with_cpu(nginx.url(path), seconds, connections, nginx.worker_pid())
+            results[kind] = {
+                "bytes": len(data),
+                "ours": {**vars(ours), "cpu_us_per_request": ours_cpu},
+                "nginx": {**vars(ref), "cpu_us_per_request": ref_cpu},
+            }
             log(f"  reqs {kind}: {ours.requests_per_second:.0f} vs nginx {ref.requests_per_second:.0f} req/s")
     finally:
         nginx.stop()
     return results
+
+
+def wrk_with_cpu(url: str, seconds: float, connections: int, pid: int | None) -> tuple[Any, float | None]:
+    """wrk on `url`, and the CPU time the serving process `pid` spent per request meanwhile (µs).
+
+    On a shared box req/s move with what else runs; CPU per request mostly does not, so the two
+    servers' costs compare even when their wrk runs met different loads."""
+    before = cpu_seconds(pid) if pid else None
+    result = api_bench.run_wrk(url, seconds, connections)
+    served = result.requests_per_second * seconds
+    if before is None or pid is None or not served:
+        return result, None
+    return result, (cpu_seconds(pid) - before) * 1e6 / served
 
 
 # --- [players] [llplayers] the simulator (its own process) ------------------------------------
@@ -1281,6 +1298,12 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
             f"{res['ours']['p99_ms']:.0f}/{res['nginx']['p99_ms']:.0f}; errors {res['ours']['errors']}) | "
             f"{a:.0f} | {b:.0f} (nginx) | {a / b:.3f} | >= {GOALS['reqs_ratio']} |"
         )
+        a_cpu, b_cpu = res["ours"].get("cpu_us_per_request"), res["nginx"].get("cpu_us_per_request")
+        if a_cpu and b_cpu:
+            print(
+                f"| {kind}: server CPU per request, µs (ratio nginx/ours, the req/s one core allows) | "
+                f"{a_cpu:.1f} | {b_cpu:.1f} (nginx) | {b_cpu / a_cpu:.3f} | >= {GOALS['reqs_ratio']} |"
+            )
     sims = (
         (
             "players",
