@@ -213,7 +213,7 @@ class RecordingService:
             result = packaged
             log.info("stream=%s recording already packaged", stream_id, extra={"stream_id": stream_id})
         else:
-            if self._store is not None and not await self._restore(stream_id, media_dir, out_dir):
+            if self._store is not None and not await self._restore(stream_id, media_dir):
                 return
             log.info(
                 "stream=%s packaging recording from %s", stream_id, media_dir, extra={"stream_id": stream_id}
@@ -244,8 +244,6 @@ class RecordingService:
         # The MP4 now holds every segment (and, with a store, both objects are confirmed there):
         # the live copies (on disk and in the store), and the local one, are no longer needed.
         await asyncio.to_thread(_remove_trees, media_dir, *([out_dir] if self._store is not None else []))
-        if self._store is not None:
-            await self._drop_live(stream_id, required=False)
         elapsed = loop.time() - started
         log.info(
             "stream=%s recording ready: %.1f s, %d bytes, %s in %.2f s",
@@ -266,8 +264,11 @@ class RecordingService:
                 processing_seconds=elapsed,
             )
         )
+        if self._store is not None:
+            # After the event: a slow or vanished store must not delay "ready" for anyone.
+            await self._drop_live(stream_id, required=False)
 
-    async def _restore(self, stream_id: str, media_dir: Path, out_dir: Path) -> bool:
+    async def _restore(self, stream_id: str, media_dir: Path) -> bool:
         """Fetch the stream's live files the media dir lacks from the store (its node may have
         died); False if the recording failed or was deleted meanwhile.
 
