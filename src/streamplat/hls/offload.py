@@ -18,7 +18,8 @@ Nothing here may slow the stream down:
   fills, and a name that finds it full is dropped, logged and counted. The stream goes on from
   disk whatever happens, and once the queue is empty again the uploader "catches up": it lists
   the stream's objects and queues the local files the store lacks (also done when a stream's
-  uploads start, so a server restart or a dropped name costs nothing in the end).
+  uploads start, for files a stream's directory already holds), so a dropped name costs the
+  store nothing in the end.
 
 Counters for /metrics (`LiveOffload.collect`):
 
