@@ -14,7 +14,8 @@ uploads the files already packaged, without packaging again). A restart resumes 
 
 Live media (streamplat.hls.offload): with a store, a job first fetches from it the stream's live
 files its media dir lacks, so a recording whose ingesting node died is packaged here from the
-store. Once the recording is ready, and when it is deleted, the stream's live objects go.
+store. Once the recording is ready, and when it is deleted, the stream's live objects go (and
+at start, those of every ready recording: a shutdown right after "ready" may have left some).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class RecordingService:
             self._tasks.create_task(self._worker(n), name=f"vod-worker-{n}")
         self._bus.subscribe(StreamEnded, self._on_stream_ended)
         await self._resume()
+        if self._store is not None:
+            self._tasks.create_task(self._sweep_live(), name="vod-live-sweep")
         return self
 
     async def __aexit__(
@@ -123,6 +126,34 @@ class RecordingService:
         for stream_id in pending:
             log.info("stream=%s recording resumes after a restart", stream_id, extra={"stream_id": stream_id})
             self._enqueue(stream_id)
+
+    async def _sweep_live(self) -> None:
+        """Delete the live objects of recordings already ready (a shutdown or a store outage
+        right after "ready" left them); one listing at start, in the background.
+
+        Only ready recordings' objects go: a stream live on another node has live objects and
+        no ready recording, and a processing or failed recording still needs its own.
+        """
+        assert self._store is not None
+        prefix = self._store.settings.live_prefix
+        try:
+            listed = await asyncio.to_thread(self._store.list_sync, prefix)
+        except ObjectStorageError as exc:
+            log.warning("left-over live objects not checked: %s", exc.reason)
+            return
+        stream_ids = sorted({key[len(prefix) :].split("/", 1)[0] for key in listed})
+        ready: list[str] = []
+        async with self._sessions() as session:
+            for start in range(0, len(stream_ids), 500):  # bounded IN lists
+                batch = stream_ids[start : start + 500]
+                ready += await session.scalars(
+                    select(Recording.stream_id).where(
+                        Recording.stream_id.in_(batch), Recording.status == READY
+                    )
+                )
+        for stream_id in ready:
+            if stream_id not in self._running:
+                await self._drop_live(stream_id, required=False)
 
     def _enqueue(self, stream_id: str) -> None:
         if stream_id not in self._queued:
