@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LIVE_RETRY_MAX_SECONDS = 10.0  # a live upload waits at most this long between two attempts
+SHUTDOWN_DRAIN_SECONDS = 2.0  # at shutdown, how long stopped streams may finish their uploads
 LAG_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 LAG_SAMPLES = 10_000  # recent lags kept for benches and tests
 
@@ -127,7 +128,11 @@ class LiveOffload:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # Shutdown: what is still queued stays on disk (the recording is made from there).
+        # Shutdown: streams stopped by it get a moment to send their last files and index; what
+        # is still queued after that stays on disk (the recording is made from there).
+        ending = [u.task for u in self._streams.values() if u.ending and u.task is not None]
+        if ending:
+            await asyncio.wait(ending, timeout=SHUTDOWN_DRAIN_SECONDS)
         for stream_id in list(self._streams):
             await self.discard(stream_id)
         self._executor.shutdown(wait=True)
