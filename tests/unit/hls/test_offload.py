@@ -146,7 +146,9 @@ def test_restore_downloads_what_the_media_dir_lacks(moto: MotoServer, tmp_path: 
     client = moto.client()
     for name, data in media.items():
         client.put_object(Bucket=BUCKET, Key=f"live/s3/{name}", Body=data)
-    client.put_object(Bucket=BUCKET, Key="live/s3/notes.txt", Body=b"not a live file")
+    # Names that are not the layout's are never written anywhere (no path from a key).
+    for odd in ("notes.txt", "sub/seg_1_7.m4s", "../seg_1_8.m4s", "seg_01_9.m4s"):
+        client.put_object(Bucket=BUCKET, Key=f"live/s3/{odd}", Body=b"not a live file")
     client.put_object(Bucket=BUCKET, Key="live/s3x/seg_1_0.m4s", Body=b"another stream")
     store = make_store(moto)
     dest = tmp_path / "node-b" / "s3"
@@ -177,7 +179,8 @@ def test_restore_downloads_what_the_media_dir_lacks(moto: MotoServer, tmp_path: 
         assert not left
 
         # Deleting a stream's live objects leaves every other stream's.
-        assert await store.delete_prefix(store.live_prefix("s3")) == len(media) + 1
+        assert not (tmp_path / "node-b" / "seg_1_8.m4s").exists() and not (dest / "sub").exists()
+        assert await store.delete_prefix(store.live_prefix("s3")) == len(media) + 4
         assert live_objects(moto, "s3") == {} and live_objects(moto, "s3x") != {}
 
     try:
