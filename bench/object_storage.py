@@ -161,6 +161,7 @@ async def measure_live(
             writer.write_init(1, init)
             writers.append(writer)
         started = time.monotonic()
+        cpu = time.process_time()  # this process: the writers' and the upload threads' work
         for i, (path, data) in enumerate(segments[:count]):
             msn = int(path.stem.split("_")[2])
             for writer in writers:
@@ -172,8 +173,22 @@ async def measure_live(
             await asyncio.sleep(0.05)
         for writer in writers:
             await asyncio.to_thread(writer.close)
+        cpu = time.process_time() - cpu
         lags = sorted(offload.lags)
         failed, dropped = offload.failed, offload.dropped
+    # Reference CPU: the same segments written by the same disk writers without the upload hook.
+    disk_cpu = time.process_time()
+    for n in range(streams):
+        folder = work / f"ref{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        writer = DiskWriter(folder, scan(folder))
+        writer.write_init(1, init)
+        for path, data in segments[:count]:
+            writer.write_segment(1, int(path.stem.split("_")[2]), data, seg_seconds, math.ceil(seg_seconds))
+        await asyncio.to_thread(writer.close)
+        shutil.rmtree(folder, ignore_errors=True)
+    disk_cpu = time.process_time() - disk_cpu
     client = store._client
     puts = []
     for n, (_, data) in enumerate(segments[:count]):
@@ -193,6 +208,8 @@ async def measure_live(
         "lag99": _pct(lags, 99),
         "put50": _pct(puts, 50),
         "put99": _pct(puts, 99),
+        "cpu_ms": 1e3 * cpu / (streams * count),
+        "disk_cpu_ms": 1e3 * disk_cpu / (streams * count),
         "failed": failed,
         "dropped": dropped,
     }
@@ -211,7 +228,8 @@ def live_section(endpoint: str, cache: Path, streams: list[int], seconds: float)
     )
     print(
         f"{'streams':>7} {'segs':>5} {'seg':>5} {'size':>7} {'lag p50':>8} {'lag p99':>8} "
-        f"{'PUT p50':>8} {'PUT p99':>8} {'ratio':>6} {'p99/seg':>8} {'failed':>6} {'dropped':>7} {'load':>5}"
+        f"{'PUT p50':>8} {'PUT p99':>8} {'ratio':>6} {'p99/seg':>8} {'CPU/seg':>8} {'disk only':>9} "
+        f"{'failed':>6} {'dropped':>7} {'load':>5}"
     )
     for n in streams:
         r = asyncio.run(measure_live(endpoint, media_dir, cache / "live", n, seconds))
@@ -219,13 +237,15 @@ def live_section(endpoint: str, cache: Path, streams: list[int], seconds: float)
             f"{n:>7} {r['segments']:>5} {r['seg']:>4.1f}s {r['bytes'] / 1e3:>5.0f}KB "
             f"{r['lag50'] * 1e3:>6.0f}ms {r['lag99'] * 1e3:>6.0f}ms {r['put50'] * 1e3:>6.0f}ms "
             f"{r['put99'] * 1e3:>6.0f}ms {r['lag50'] / r['put50']:>6.2f} "
-            f"{100 * r['lag99'] / r['seg']:>7.1f}% "
+            f"{100 * r['lag99'] / r['seg']:>7.1f}% {r['cpu_ms']:>6.1f}ms {r['disk_cpu_ms']:>7.1f}ms "
             f"{r['failed']:>6} {r['dropped']:>7} {os.getloadavg()[0]:>5.1f}"
         )
     print(
         "\nlag = segment durable on disk -> PUT confirmed (every segment of every stream); PUT = the same"
         "\nbytes put at once by the same client, one at a time (the store's own speed); ratio = lag p50 /"
-        "\nPUT p50; p99/seg = lag p99 as a share of the segment duration; load = 1-min load average."
+        "\nPUT p50; p99/seg = lag p99 as a share of the segment duration; CPU/seg = this process's CPU"
+        "\nper segment (disk writer + upload), disk only = the same writes without uploads (reference);"
+        "\nload = 1-min load average."
     )
 
 
