@@ -188,10 +188,14 @@ class LiveOffload:
     async def discard(self, stream_id: str) -> None:
         """Stop the stream's uploads (the recording no longer needs them) and wait for the one in
         flight: no live object of the stream lands after this returns."""
-        uploads = self._streams.pop(stream_id, None)
+        # Left in the map until its task ends (the task removes it): a second caller, whose
+        # first one was cancelled while waiting here, still waits for the upload in flight.
+        uploads = self._streams.get(stream_id)
         if uploads is not None and uploads.task is not None:
             uploads.task.cancel()
             await asyncio.wait({uploads.task})
+            if self._streams.get(stream_id) is uploads:  # a task cancelled before it ever ran
+                del self._streams[stream_id]
 
     def queued(self, stream_id: str | None = None) -> int:
         """Files waiting to upload: one stream's, or all."""
