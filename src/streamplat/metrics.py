@@ -22,6 +22,9 @@ ingest and VOD), so no metric polls the database.
     streamplat_websocket_disconnects_total{reason}                    counter
     streamplat_redis_up                                               gauge, only with [redis] url
     streamplat_redis_events_total{outcome="sent"|"received"|"dropped"}   counter, only with [redis] url
+    streamplat_live_uploads_total{outcome="uploaded"|"failed"|"dropped"}  counter, only with live uploads
+    streamplat_live_upload_bytes_total, streamplat_live_upload_queue,
+    streamplat_live_upload_lag_seconds                                (hls/offload.py LiveOffload.collect)
     process_*                                                         the server process (CPU, memory, fds)
 
 Per-stream series exist only while the stream is live, so their number is bounded by the
