@@ -102,8 +102,22 @@ def log(message: str) -> None:
 # --- processes --------------------------------------------------------------------------------
 
 
-def publisher_argv(srt_url: str, kbps: int, seconds: float, gop: int = 30) -> list[str]:
-    """A live x264 + AAC publisher paced by the lavfi realtime filters (not -re, see the docstring)."""
+# OBS's default AAC bitrate. The publisher's MPEG-TS muxer packs AAC into PES packets of up to
+# 2,930 bytes or 0.35 s, and the server's FFmpeg cannot write a fragment before the audio that
+# covers it has come: at 64 kbps that held every part back ~0.47 s longer than at 160 kbps
+# (capture -> part cut 0.82 s vs 0.35 s, 27 Nov 2026), and the late audio made hls.js stall.
+AUDIO_KBPS = 160
+
+
+def publisher_argv(
+    srt_url: str, kbps: int, seconds: float, gop: int = 30, audio_kbps: int = AUDIO_KBPS
+) -> list[str]:
+    """A live x264 + AAC publisher paced by the lavfi realtime filters (not -re, see the docstring).
+
+    x264 `-preset ultrafast -tune zerolatency` (no lookahead, no B-frames), as OBS's x264 with
+    the "zerolatency" tune; without the tune (veryfast: lookahead + B-frames) capture -> part
+    took 0.83 s instead of 0.35 s.
+    """
     return [
         ffmpeg_exe(),
         "-nostdin",
@@ -139,7 +153,7 @@ def publisher_argv(srt_url: str, kbps: int, seconds: float, gop: int = 30) -> li
         "-c:a",
         "aac",
         "-b:a",
-        "64k",
+        f"{audio_kbps}k",
         "-f",
         "mpegts",
         srt_url,
@@ -267,6 +281,9 @@ class Target:
     cleanup: list[Callable[[], object]] = field(default_factory=list)
     can_idle: bool = True  # False: the server streams from its start (the prototype)
     status_url: str | None = None  # streamplat's /stream/{id}/status (per-part creation times)
+    # (run, part number) -> seconds from the capture of the part's last frame (publisher clock)
+    # until the server cut the part (status `created`)
+    part_lags: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @property
     def origin(self) -> str:
@@ -323,7 +340,7 @@ class FileStarts:
 class StreamplatTarget(Target):
     """A real `streamplat serve` with one stream started through the API."""
 
-    def __init__(self, tmp: Path, kbps: int, seconds: float) -> None:
+    def __init__(self, tmp: Path, kbps: int, seconds: float, audio_kbps: int = AUDIO_KBPS) -> None:
         from tests.support.server import make_server
 
         self.server = make_server(tmp, {"STREAMPLAT_LOGGING__LEVEL": "info"}, name="streamplat")
@@ -336,7 +353,7 @@ class StreamplatTarget(Target):
         r = self.server.main.post(f"/api/streams/{self.stream_id}/start", headers=headers)
         assert r.status_code == 200, r.text
         self.srt_url = str(r.json()["srt_url"])
-        self.kbps, self.seconds = kbps, seconds
+        self.kbps, self.seconds, self.audio_kbps = kbps, seconds, audio_kbps
         assert self.server.proc is not None
         super().__init__(
             "streamplat",
@@ -352,7 +369,8 @@ class StreamplatTarget(Target):
         time.sleep(0.5)  # start returns once FFmpeg bound the port; keep a margin like the tests
         self.t0 = time.time()
         self.publisher = subprocess.Popen(
-            publisher_argv(self.srt_url, self.kbps, self.seconds), stdout=subprocess.DEVNULL
+            publisher_argv(self.srt_url, self.kbps, self.seconds, audio_kbps=self.audio_kbps),
+            stdout=subprocess.DEVNULL,
         )
 
     def refresh_starts(self) -> None:
@@ -363,6 +381,13 @@ class StreamplatTarget(Target):
         hls = json.loads(body).get("hls") or {}
         for seg in hls.get("segments") or []:
             self.starts[int(seg["msn"])] = float(seg["media_start_seconds"])
+            end = float(seg["media_start_seconds"])
+            for part in seg.get("parts") or []:
+                end += float(part["duration_seconds"])
+                # publisher start-up + encoder + SRT latency + FFmpeg demux/remux + packager
+                self.part_lags[(int(seg["run"]), int(part["number"]))] = (
+                    float(part["created"]) - self.t0 - end
+                )
 
     def start_of(self, msn: int) -> float | None:
         if msn in self.starts:
@@ -426,7 +451,9 @@ class PrototypeTarget(Target):
 class FfmpegHlsTarget(Target):
     """The reference: FFmpeg SRT listener `-c copy -f hls` into a folder nginx serves."""
 
-    def __init__(self, tmp: Path, kbps: int, seconds: float, segment_seconds: float) -> None:
+    def __init__(
+        self, tmp: Path, kbps: int, seconds: float, segment_seconds: float, audio_kbps: int = AUDIO_KBPS
+    ) -> None:
         self.root = tmp / "ref-root"
         self.directory = self.root / "hls" / "ref"
         self.directory.mkdir(parents=True)
@@ -434,7 +461,7 @@ class FfmpegHlsTarget(Target):
         port = free_udp_port()
         self.srt_port = port
         self.srt_url = f"srt://127.0.0.1:{port}?mode=caller&latency=120000"
-        self.kbps, self.seconds = kbps, seconds
+        self.kbps, self.seconds, self.audio_kbps = kbps, seconds, audio_kbps
         self.listener = subprocess.Popen(
             [
                 ffmpeg_exe(),
@@ -476,7 +503,10 @@ class FfmpegHlsTarget(Target):
         self.t0 = time.time()
         self.publisher = subprocess.Popen(
             publisher_argv(
-                f"srt://127.0.0.1:{self.srt_port}?mode=caller&latency=120000", self.kbps, self.seconds
+                f"srt://127.0.0.1:{self.srt_port}?mode=caller&latency=120000",
+                self.kbps,
+                self.seconds,
+                audio_kbps=self.audio_kbps,
             ),
             stdout=subprocess.DEVNULL,
         )
@@ -781,13 +811,30 @@ def reqs(target: Target, tmp: Path, seconds: float, connections: int) -> dict[st
             copy = root / path.lstrip("/")
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_bytes(data)
-            ours = api_bench.run_wrk(url, seconds, connections)
-            ref = api_bench.run_wrk(nginx.url(path), seconds, connections)
-            results[kind] = {"bytes": len(data), "ours": vars(ours), "nginx": vars(ref)}
+            ours, ours_cpu = wrk_with_cpu(url, seconds, connections, target.server_pid)
+            ref, ref_cpu = wrk_with_cpu(nginx.url(path), seconds, connections, nginx.worker_pid())
+            results[kind] = {
+                "bytes": len(data),
+                "ours": {**vars(ours), "cpu_us_per_request": ours_cpu},
+                "nginx": {**vars(ref), "cpu_us_per_request": ref_cpu},
+            }
             log(f"  reqs {kind}: {ours.requests_per_second:.0f} vs nginx {ref.requests_per_second:.0f} req/s")
     finally:
         nginx.stop()
     return results
+
+
+def wrk_with_cpu(url: str, seconds: float, connections: int, pid: int | None) -> tuple[Any, float | None]:
+    """wrk on `url`, and the CPU time the serving process `pid` spent per request meanwhile (µs).
+
+    On a shared box req/s move with what else runs; CPU per request mostly does not, so the two
+    servers' costs compare even when their wrk runs met different loads."""
+    before = cpu_seconds(pid) if pid else None
+    result = api_bench.run_wrk(url, seconds, connections)
+    served = result.requests_per_second * seconds
+    if before is None or pid is None or not served:
+        return result, None
+    return result, (cpu_seconds(pid) - before) * 1e6 / served
 
 
 # --- [players] [llplayers] the simulator (its own process) ------------------------------------
@@ -1162,6 +1209,8 @@ def measure_target(
                 for name, pb in runs[-1].items():
                     log(f"  load {i + 1}, {name}: median {fmt(pb.median)} s over {len(pb.latencies)} frames")
             out["latency"] = {name: Playback.merge([r[name] for r in runs]) for name in players}
+            if target.part_lags:
+                out["part_lags"] = list(target.part_lags.values())
         else:
             first_playlist(target, 30)
         if "reqs" in modes and main:
@@ -1190,7 +1239,10 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"\n# LL-HLS bench, {when}; load average {os.getloadavg()[0]:.2f}")
     print(f"streamplat = {name}; reference = {ref.get('name', 'not run')}")
-    print(f"publisher: 640x360 30 fps x264 {args.video_kbps} kbps + AAC, GOP 1 s, realtime-paced; SRT\n")
+    print(
+        f"publisher: 640x360 30 fps x264 ultrafast zerolatency {args.video_kbps} kbps + AAC "
+        f"{args.audio_kbps} kbps, GOP 1 s, realtime-paced; SRT latency 120 ms\n"
+    )
     print("| measure | streamplat | reference | ratio | goal |")
     print("|---|---|---|---|---|")
     for player in {**PLAYERS, **WATCH_PAGE}:
@@ -1203,6 +1255,13 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
                 f"{fmt(a.median if a else None)} | {fmt(b.median if b else None)} | "
                 f"{ratio(a.median if a else None, b.median if b else None)} | {goal} |"
             )
+    lags = ours.get("part_lags")
+    if lags:
+        print(
+            "| capture -> part cut by the server (publisher start-up, encoder, SRT latency, FFmpeg "
+            f"remux), median / p90 over {len(lags)} parts (s) | {fmt(statistics.median(lags))} / "
+            f"{fmt(_pct(lags, 0.9))} | | | |"
+        )
     if "first" in ours:
         print(
             f"| publisher start -> first playable playlist (s) | {fmt(ours['first'])} | "
@@ -1219,6 +1278,12 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, args: argparse.Name
             f"{res['ours']['p99_ms']:.0f}/{res['nginx']['p99_ms']:.0f}; errors {res['ours']['errors']}) | "
             f"{a:.0f} | {b:.0f} (nginx) | {a / b:.3f} | >= {GOALS['reqs_ratio']} |"
         )
+        a_cpu, b_cpu = res["ours"].get("cpu_us_per_request"), res["nginx"].get("cpu_us_per_request")
+        if a_cpu and b_cpu:
+            print(
+                f"| {kind}: server CPU per request, µs (ratio nginx/ours, the req/s one core allows) | "
+                f"{a_cpu:.1f} | {b_cpu:.1f} (nginx) | {b_cpu / a_cpu:.3f} | >= {GOALS['reqs_ratio']} |"
+            )
     sims = (
         (
             "players",
@@ -1310,6 +1375,12 @@ def main() -> int:
     parser.add_argument("--cpu-seconds", type=float, default=8.0, help="length of each CPU window")
     parser.add_argument("--video-kbps", type=int, default=2500, help="publisher video bitrate")
     parser.add_argument(
+        "--audio-kbps",
+        type=int,
+        default=AUDIO_KBPS,
+        help="publisher AAC bitrate (OBS's default; lower means bigger, later audio PES packets)",
+    )
+    parser.add_argument(
         "--latency-runs",
         type=int,
         default=1,
@@ -1353,10 +1424,12 @@ def main() -> int:
         if args.prototype:
             target = PrototypeTarget(tmp, publish_seconds)
         else:
-            target = StreamplatTarget(tmp, args.video_kbps, publish_seconds)
+            target = StreamplatTarget(tmp, args.video_kbps, publish_seconds, args.audio_kbps)
         ours = measure_target(target, args, modes, tmp, main=True)
         if not args.no_reference and modes & {"latency", "first", "players", "cpu"}:
-            ref_target = FfmpegHlsTarget(tmp, args.video_kbps, publish_seconds, segment_seconds)
+            ref_target = FfmpegHlsTarget(
+                tmp, args.video_kbps, publish_seconds, segment_seconds, args.audio_kbps
+            )
             ref = measure_target(ref_target, args, modes - {"reqs", "llplayers"}, tmp, main=False)
             ref["name"] = f"ffmpeg -f hls ({segment_seconds:g} s) + nginx"
         report(ours, ref, args)

@@ -35,12 +35,14 @@ from streamplat.db import create_engine, ensure_reachable, migrate, schema_revis
 from streamplat.events import EventBus, StreamChanged
 from streamplat.hls.asgi import HlsFastPath
 from streamplat.hls.disk import finalise_index
+from streamplat.hls.offload import LiveOffload
 from streamplat.hls.owners import OwnerRouter
 from streamplat.http import RequestContext, build_app
 from streamplat.ingest import IngestSettings, IngestSupervisor, finalise_playlist
 from streamplat.metrics import PlatformMetrics, metrics_endpoint
 from streamplat.nodes import (
     NodeRegistry,
+    NodesCollector,
     internal_token,
     load_or_create_node_id,
     secret_fingerprint,
@@ -135,6 +137,7 @@ class Platform:
         # Before the stream service, which asks it whose streams are whose, and stopped after it:
         # this node's streams end before its row says it left.
         self.nodes = await self._stack.enter_async_context(await self._node_registry(secret))
+        self.metrics.registry.register(NodesCollector(self.nodes))
         self.auth = AuthService(
             self.sessions,
             passwords,
@@ -158,6 +161,12 @@ class Platform:
         )
         ffmpeg = s.ffmpeg_binary()
         i = s.ingest
+        store = await self._open_object_store()
+        # Live uploads stop after the supervisor that feeds them (the stack unwinds in reverse).
+        self.offload: LiveOffload | None = None
+        if store is not None and s.object_storage.live_enabled:
+            self.offload = await self._stack.enter_async_context(LiveOffload(store))
+            self.metrics.registry.register(self.offload)
         self.supervisor = await self._stack.enter_async_context(
             IngestSupervisor(
                 IngestSettings(
@@ -166,6 +175,7 @@ class Platform:
                     segment_seconds=i.segment_seconds,
                     playlist_size=i.playlist_size,
                     part_seconds=i.part_seconds,
+                    first_segment_seconds=i.first_segment_seconds,
                     memory_segments=i.memory_segments,
                     low_latency=i.low_latency,
                     reconnect_window_seconds=i.reconnect_window_seconds,
@@ -175,9 +185,9 @@ class Platform:
                     private_dir=s.data_path / "run" / "ingest",
                 ),
                 self.bus,
+                offload=self.offload,
             )
         )
-        store = await self._open_object_store()
         # Recordings start before streams and stop after them: streams stopped at shutdown
         # still get their recording rows queued.
         self.recordings = await self._stack.enter_async_context(
@@ -189,6 +199,7 @@ class Platform:
                 workers=s.vod.workers,
                 job_timeout_seconds=s.vod.job_timeout_seconds,
                 store=store,
+                live_uploads=self.offload,
             )
         )
         # Viewers count while they fetched within the last three segments (at least 6 s), so
@@ -284,11 +295,12 @@ class Platform:
         await store.open()  # before any worker could try to upload to a store that is not there
         self._stack.callback(store.close)
         log.info(
-            "recordings go to object storage: bucket=%s endpoint=%s prefix=%r presign=%ss",
+            "recordings go to object storage: bucket=%s endpoint=%s prefix=%r presign=%ss live=%s",
             o.bucket,
             store.endpoint,
             o.key_prefix,
             o.presign_seconds,
+            repr(o.live_prefix) if o.live_enabled else "off",
         )
         return store
 

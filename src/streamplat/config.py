@@ -88,6 +88,7 @@ class IngestSettingsSection(_Section):
     srt_latency_ms: int = 120
     segment_seconds: float = 1.0
     part_seconds: float = 0.2
+    first_segment_seconds: float = 0.2
     playlist_size: int = 6
     memory_segments: int = 12
     low_latency: bool = True
@@ -134,11 +135,22 @@ class ObjectStorageSettings(_Section):
     # Compare the stored object's ETag with the MD5 computed while uploading. Turn off only for
     # stores whose ETag is not an MD5 (AWS SSE-KMS); the size is checked in any case.
     verify_etag: bool = True
+    # Live media: with a bucket set, each live stream's init and complete segments (and its
+    # index at the end) are uploaded under <live_prefix><stream_id>/ as soon as they are on disk,
+    # so another node can package the recording if this one dies; deleted once it is ready.
+    live_upload: bool = True
+    live_prefix: str = "live/"
+    live_upload_queue: int = 64  # files of one stream waiting to upload; beyond, caught up later
 
     @property
     def enabled(self) -> bool:
         """Whether recordings go to object storage (a bucket is configured)."""
         return bool(self.bucket)
+
+    @property
+    def live_enabled(self) -> bool:
+        """Whether live segments are uploaded as they are made (a bucket and live_upload)."""
+        return self.enabled and self.live_upload
 
 
 class WebsocketSettings(_Section):
@@ -343,6 +355,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("ingest.playlist_size: must be between 2 and 100")
     if not 0.1 <= i.part_seconds <= 2 or i.part_seconds > i.segment_seconds:
         raise ConfigError("ingest.part_seconds: must be between 0.1 and 2, and at most segment_seconds")
+    if i.first_segment_seconds != 0 and not i.part_seconds <= i.first_segment_seconds <= i.segment_seconds:
+        raise ConfigError(
+            "ingest.first_segment_seconds: must be 0 (off) or between part_seconds and segment_seconds"
+        )
     if not i.playlist_size <= i.memory_segments <= 1000:
         raise ConfigError("ingest.memory_segments: must be between playlist_size and 1000")
     if i.reconnect_window_seconds < 0:
@@ -435,6 +451,17 @@ def _validate_object_storage(o: ObjectStorageSettings) -> None:
         )
     if o.connect_timeout_seconds <= 0 or o.read_timeout_seconds <= 0:
         raise ConfigError("object_storage.connect_timeout_seconds/read_timeout_seconds: must be more than 0")
+    if not o.live_prefix or o.live_prefix.startswith("/") or ".." in o.live_prefix.split("/"):
+        raise ConfigError("object_storage.live_prefix: must not be empty, start with / or contain ..")
+    if o.live_prefix.startswith(o.key_prefix) or o.key_prefix.startswith(o.live_prefix):
+        # Deleting a stream's live objects lists <live_prefix><stream_id>/: it must never reach
+        # a recording's objects.
+        raise ConfigError(
+            f"object_storage.live_prefix: {o.live_prefix!r} and key_prefix {o.key_prefix!r} "
+            "must not be prefixes of one another"
+        )
+    if not 1 <= o.live_upload_queue <= 10_000:
+        raise ConfigError("object_storage.live_upload_queue: must be between 1 and 10000")
 
 
 def load(

@@ -70,10 +70,7 @@ class RequestContext:
             return
         # Read as a plain dict: the ASGI TypedDicts differ per scope and message type.
         raw: dict[str, Any] = cast("dict[str, Any]", scope)
-        incoming = dict(raw["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        # Accept a caller's id only if it is short and plain, so it cannot forge log lines.
-        plain = 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum()
-        request_id = incoming if plain else next_request_id()
+        request_id = request_id_of(raw["headers"])
         raw.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -111,19 +108,7 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - started
             if kind == "http":
-                quiet = self.quiet_prefix
-                if quiet is None or status >= 400 or not raw["path"].startswith(quiet):
-                    access_log.info(
-                        "%s %s %s %.1fms",
-                        raw["method"],
-                        raw["path"],
-                        status,
-                        elapsed * 1000,
-                        extra={"service": self.service},
-                    )
-                if self.observe is not None:
-                    route = raw.get("path_template") or UNMATCHED_ROUTE
-                    self.observe(self.service, route, raw["method"], status, elapsed)
+                self.answered(raw["method"], raw["path"], raw.get("path_template"), status, elapsed)
             else:
                 # One line per connection, when it ends; the path never includes the ?token=.
                 access_log.info(
@@ -134,6 +119,26 @@ class RequestContext:
                     extra={"service": self.service},
                 )
             request_id_var.reset(token)
+
+    def answered(self, method: str, path: str, route: str | None, status: int, elapsed: float) -> None:
+        """One HTTP request was answered: its access log line (unless quiet) and its metrics.
+        Called with the request's id in `request_id_var`; also by the Stream App's direct
+        /hls/ answers (hls/asgi.py `DirectHls`), which skip this middleware."""
+        quiet = self.quiet_prefix
+        if quiet is None or status >= 400 or not path.startswith(quiet):
+            access_log.info(
+                "%s %s %s %.1fms", method, path, status, elapsed * 1000, extra={"service": self.service}
+            )
+        if self.observe is not None:
+            self.observe(self.service, route or UNMATCHED_ROUTE, method, status, elapsed)
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's id: the caller's X-Request-ID (the last one) if it is short and plain, so
+    it cannot forge log lines, else a new one."""
+    incoming = dict(headers).get(b"x-request-id", b"").decode("latin-1")
+    plain = 0 < len(incoming) <= 64 and incoming.replace("-", "").isalnum()
+    return incoming if plain else next_request_id()
 
 
 class HealthOut(msgspec.Struct, omit_defaults=True):

@@ -22,6 +22,9 @@ ingest and VOD), so no metric polls the database.
     streamplat_websocket_disconnects_total{reason}                    counter
     streamplat_redis_up                                               gauge, only with [redis] url
     streamplat_redis_events_total{outcome="sent"|"received"|"dropped"}   counter, only with [redis] url
+    streamplat_live_uploads_total{outcome="uploaded"|"failed"|"dropped"}  counter, only with live uploads
+    streamplat_live_upload_bytes_total, streamplat_live_upload_queue,
+    streamplat_live_upload_lag_seconds                                (hls/offload.py LiveOffload.collect)
     process_*                                                         the server process (CPU, memory, fds)
 
 Per-stream series exist only while the stream is live, so their number is bounded by the
@@ -81,6 +84,10 @@ class PlatformMetrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        # (service, route, method, status) -> its counter and histogram children: `labels()`
+        # validates and locks on every call (py-spy: 5 % of a live /hls/ request). The keys are
+        # bounded: route templates (never raw paths), the methods above, status codes.
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._restarts = Counter(
             "streamplat_ingest_ffmpeg_restarts",
             "FFmpeg SRT listeners started again for a live stream (after a drop or a failure).",
@@ -149,8 +156,15 @@ class PlatformMetrics:
     def observe_request(self, service: str, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered HTTP request."""
         method = method if method in METHODS else "other"
-        self._http_requests.labels(service, route, method, str(status)).inc()
-        self._http_duration.labels(service, route, method).observe(seconds)
+        key = (service, route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self._http_requests.labels(service, route, method, str(status)),
+                self._http_duration.labels(service, route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def websocket_opened(self) -> None:
         """A WebSocket client was accepted."""

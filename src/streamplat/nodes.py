@@ -32,15 +32,17 @@ import logging
 import re
 import secrets
 import socket
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import String, Text, func, select, text, update
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import String, Text, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -55,6 +57,10 @@ log = logging.getLogger(__name__)
 NODE_ID_FILE = "node_id"
 # A forwarded stop waits for the owner's FFmpeg to finalise (up to ingest.stop_timeout_seconds).
 FORWARD_TIMEOUT_SECONDS = 30.0
+# Rows of nodes that left or were lost this long ago are deleted (ids generated per start, e.g.
+# in containers without a kept data directory, would otherwise pile up); checked hourly.
+NODE_ROW_KEEP = dt.timedelta(days=7)
+PRUNE_EVERY_SECONDS = 3600.0
 STATUS_TIMEOUT_SECONDS = 2.0  # a status poll answered from the database rather than waiting longer
 
 
@@ -65,6 +71,7 @@ class Node(Base):
     public_host: Mapped[str] = mapped_column(String(255))
     stream_url: Mapped[str] = mapped_column(String(255))
     instance: Mapped[str] = mapped_column(Text)
+    incarnation: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(32))
     schema_revision: Mapped[str] = mapped_column(String(64))
     secret_fingerprint: Mapped[str] = mapped_column(String(64))
@@ -231,6 +238,9 @@ class NodeRegistry:
         self.public_host = public_host
         self.stream_url = stream_url
         self._instance = instance
+        self._incarnation = secrets.token_hex(8)
+        self._usurped = False  # another process joined with this node_id (logged once)
+        self._pruned_at: float | None = None
         self._fingerprint = secret_fingerprint
         self._schema_revision = schema_revision
         self.heartbeat_seconds = heartbeat_seconds
@@ -334,6 +344,7 @@ class NodeRegistry:
             mine.public_host = self.public_host
             mine.stream_url = self.stream_url
             mine.instance = self._instance
+            mine.incarnation = self._incarnation
             mine.version = __version__
             mine.schema_revision = self._schema_revision
             mine.secret_fingerprint = self._fingerprint
@@ -446,11 +457,30 @@ class NodeRegistry:
             now = await db_clock(session)
             result = await session.execute(
                 update(Node)
-                .where(Node.node_id == self.node_id, Node.claimed_by.is_(None))
+                .where(
+                    Node.node_id == self.node_id,
+                    Node.claimed_by.is_(None),
+                    Node.incarnation == self._incarnation,
+                )
                 .values(heartbeat_at=now, left_at=None)
             )
             matched = result.rowcount  # type: ignore[attr-defined]
             await session.commit()
+            row = None if matched else await session.get(Node, self.node_id)
+        if row is not None and row.claimed_by is None and row.incarnation != self._incarnation:
+            # Another process joined with our node_id after us (same host name and data directory
+            # path: a cloned machine or disk). Taking the row back would make the two fight over
+            # it every heartbeat; it is the operator's to fix, and it is said loudly.
+            if not self._usurped:
+                log.error(
+                    "node=%s is now also used by another process (%s) that joined after this one: "
+                    "give each node its own cluster.node_id (or <data_dir>/node_id); this process "
+                    "no longer writes the node's heartbeat",
+                    self.node_id,
+                    row.instance,
+                )
+            self._usurped = True
+            return
         if not matched:
             # Claimed while this process could not reach the database (its streams are stopped
             # in the database now), or the row was deleted: join again to take it back.
@@ -530,12 +560,29 @@ class NodeRegistry:
         await announce()
         return True
 
+    async def prune(self) -> int:
+        """Delete the rows of nodes that left or were claimed over NODE_ROW_KEEP ago; how many."""
+        async with self._sessions() as session:
+            cutoff = await db_clock(session) - NODE_ROW_KEEP
+            result = await session.execute(
+                delete(Node).where(or_(Node.left_at < cutoff, Node.claimed_at < cutoff))
+            )
+            await session.commit()
+        count = int(result.rowcount)  # type: ignore[attr-defined]
+        if count:
+            log.info("node=%s forgot %d node(s) gone for over %s", self.node_id, count, NODE_ROW_KEEP)
+        return count
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             try:
                 await self.beat()
                 await self.refresh()
+                now = time.monotonic()
+                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                    self._pruned_at = now
+                    await self.prune()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -583,12 +630,37 @@ class NodeRegistry:
                     self._owners.pop(stream_id, None)
 
 
+class NodesCollector:
+    """Prometheus series of the registry (registered on the platform's registry).
+
+    streamplat_cluster_nodes_alive        gauge, the nodes this one sees alive (itself included)
+    streamplat_cluster_claims_total       counter, lost nodes this node claimed
+    """
+
+    def __init__(self, registry: NodeRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        r = self._registry
+        yield GaugeMetricFamily(
+            "streamplat_cluster_nodes_alive",
+            "Nodes this node sees alive (itself included), as of its last heartbeat.",
+            value=1 + len(r.alive_nodes()),
+        )
+        yield CounterMetricFamily(
+            "streamplat_cluster_claims",
+            "Lost nodes this node claimed (and whose live streams it stopped).",
+            value=r.claims,
+        )
+
+
 __all__ = [
     "ClusterMismatch",
     "Node",
     "NodeInfo",
     "NodeRegistry",
     "NodeState",
+    "NodesCollector",
     "OwnerUnreachable",
     "db_clock",
     "internal_token",

@@ -16,13 +16,19 @@ opens connections and trickles bytes holds them for ever (slowloris).
   arrived (or a new connection that sends nothing for that long) is answered with **408**
   (if it sent anything) and closed. Idle keep-alive connections between requests are governed
   by uvicorn's keep-alive timeout instead.
+
+With httptools, `http_protocol(direct=...)` also lets one port answer some requests itself: the
+Stream App's live /hls/ files in memory (hls/asgi.py `DirectHls`). Such a GET/HEAD is written
+from `on_headers_complete`, in one write, with the bytes uvicorn would write for the ASGI
+answer, when that keeps every guarantee of the ASGI path (`_answer_directly` says which);
+every other request goes through uvicorn's scope, task and ASGI app as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -204,13 +210,24 @@ def _reject_oversized(guard: _HeaderGuard) -> None:
     guard.reject(431, f"Request headers are larger than {guard.max_header_bytes} bytes")
 
 
+DirectAnswer = Callable[
+    [str, str, bytes, list[tuple[bytes, bytes]], tuple[str, int] | None], tuple[bytes, bytes] | None
+]
+"""(method, path, query, headers, client) -> (header lines, body) of a 200 answer, or None."""
+
+# A request with any of these goes through ASGI: a body to read, a Range the ASGI path decides.
+_NOT_DIRECT = frozenset((b"content-length", b"transfer-encoding", b"expect", b"range"))
+
+
 class _HeadersTooLarge(Exception):
     """Raised from a parser callback to stop httptools; it surfaces as an HttpParserError."""
 
 
 def _httptools_protocol() -> type[asyncio.Protocol] | None:
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        import httptools
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:  # httptools is optional: h11 serves without it
         return None
 
@@ -222,23 +239,43 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         complete ones by their exact size when httptools reports them.
         """
 
+        direct: DirectAnswer | None = None  # set per server by `http_protocol`
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.awaiting_headers = True
             self.headers_too_large = False
+            self.answered_directly = False  # the request being parsed was answered by `direct`
+            self.wrote_directly = False  # ... and one was in this data_received
+            self.closed_directly = False  # a direct answer closed the connection
+            self.date_source: list[tuple[bytes, bytes]] | None = None
+            self.date_lines = b""
 
         def data_received(self, data: bytes) -> None:
             if self.guard.rejected:
                 return  # lingering: read and drop
             if self.awaiting_headers:
                 self.guard.received += len(data)
-                self.guard.awaiting()
             super().data_received(data)
-            if self.awaiting_headers and self.guard.too_large() and not self.transport.is_closing():
-                if self.cycle is None or self.cycle.response_complete:
+            if self.awaiting_headers and self.guard.received and not self.transport.is_closing():
+                if not self.guard.too_large():
+                    # Headers begun and not complete: their clock runs (from their first read).
+                    # Not started before parsing, so a request read whole costs no timer.
+                    self.guard.awaiting()
+                elif self.cycle is None or self.cycle.response_complete:
                     _reject_oversized(self.guard)
                 else:  # a pipelined request while a response is on the wire: no room for an answer
                     self.transport.close()
+            if self.wrote_directly:
+                self.wrote_directly = False
+                # What uvicorn does once a response is complete and nothing else is queued: wait
+                # for the next request for at most the keep-alive timeout (armed once per read,
+                # not once per pipelined request).
+                idle = self.cycle is None or self.cycle.response_complete
+                if idle and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler
+                    )
 
         def on_headers_complete(self) -> None:
             self.awaiting_headers = False
@@ -247,13 +284,105 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             if header_block_size(method, self.url, self.headers) > self.max_header_bytes:
                 self.headers_too_large = True
                 raise _HeadersTooLarge
+            if self.direct is not None and (self.closed_directly or self._answer_directly(method)):
+                return  # answered, or after a direct answer that closed: dropped like uvicorn's
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            super().on_message_complete()
+            if self.answered_directly or self.closed_directly:
+                self.answered_directly = False  # answered already; there is no ASGI cycle
+            else:
+                super().on_message_complete()
             # The next request's headers are awaited; the clock starts with its first byte.
             self.awaiting_headers = True
             self.guard.received = 0
+
+        def _answer_directly(self, method: bytes) -> bool:
+            """Write `direct`'s answer now if it has one and that is safe: nothing before this
+            request is still being answered (pipelining order), the transport takes writes
+            (flow control), the request has no body, no Range and no upgrade. Else False:
+            uvicorn goes on as usual (scope, task, ASGI app)."""
+            assert self.direct is not None
+            url = self.url
+            if (
+                method not in (b"GET", b"HEAD")
+                or not url.startswith(b"/hls/")
+                or not (self.cycle is None or self.cycle.response_complete)
+                or self.flow.write_paused
+                or self.transport.is_closing()
+                or self.limit_concurrency is not None
+                or self.parser.should_upgrade()
+            ):
+                return False
+            forwarded: list[bytes] = []
+            for name, value in self.headers:
+                if name in _NOT_DIRECT:
+                    return False
+                if name == b"x-forwarded-for":
+                    forwarded.append(value)
+            client = self.client
+            if forwarded:
+                client = self._forwarded_client(forwarded)
+                if client is None:
+                    return False
+            parsed = httptools.parse_url(url)
+            raw_path: bytes = parsed.path
+            if b"%" in raw_path:  # names the store answers never need escapes; ASGI unquotes
+                return False
+            try:
+                path = raw_path.decode("ascii")  # else uvicorn's own decoding answers 400, as before
+                answer = self.direct(method.decode(), path, parsed.query or b"", self.headers, client)
+            except UnicodeDecodeError:
+                return False
+            except Exception:  # a bug here must not turn into the parser's 400: ASGI answers
+                log.exception("direct answer to %s failed; left to the app", path)
+                return False
+            if answer is None:
+                return False
+            head, body = answer
+            keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+            defaults = self.server_state.default_headers
+            if defaults is not self.date_source:  # uvicorn renews the list (Date) every second
+                self.date_source = defaults
+                self.date_lines = b"".join(b"%s: %s\r\n" % (n.lower(), v) for n, v in defaults)
+            first = b"".join(
+                (
+                    STATUS_LINE[200],
+                    self.date_lines,
+                    head,
+                    b"" if keep_alive else b"connection: close\r\n",
+                    b"\r\n",
+                )
+            )
+            if body:
+                self.transport.writelines((first, body))
+            else:
+                self.transport.write(first)
+            self.server_state.total_requests += 1
+            self.answered_directly = True
+            if keep_alive:
+                self.wrote_directly = True
+            else:
+                self.closed_directly = True
+                self.transport.close()
+            return True
+
+        def _forwarded_client(self, forwarded: list[bytes]) -> tuple[str, int] | None:
+            """The client address uvicorn's ProxyHeadersMiddleware puts in the ASGI scope of a
+            request with X-Forwarded-For (viewers are counted by it), or None if this uvicorn's
+            middleware cannot be asked (then the request goes the ASGI way)."""
+            client = self.client
+            proxy = self.app  # uvicorn's outermost app: ProxyHeadersMiddleware unless proxy_headers is off
+            if not isinstance(proxy, ProxyHeadersMiddleware):
+                return client
+            trusted: Any = getattr(proxy, "trusted_hosts", None)
+            address = getattr(trusted, "get_trusted_client_address", None)
+            if address is None:
+                return None
+            if client is None or client[0] not in trusted:
+                return client
+            host, port = address(b", ".join(forwarded).decode("latin1"))
+            return (host, port) if host else client
 
         def send_400_response(self, msg: str) -> None:
             if self.headers_too_large:
@@ -264,9 +393,14 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
     return LimitedHttpToolsProtocol
 
 
-def http_protocol(parser: str, *, max_header_bytes: int, header_timeout: float) -> type[asyncio.Protocol]:
+def http_protocol(
+    parser: str, *, max_header_bytes: int, header_timeout: float, direct: DirectAnswer | None = None
+) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol class for `parser` ("auto": httptools when installed, else h11;
-    "h11"; "httptools") with the header size and header time limits, for `uvicorn.Config(http=...)`."""
+    "h11"; "httptools") with the header size and header time limits, for `uvicorn.Config(http=...)`.
+
+    With `direct` (httptools only; h11 ignores it and serves everything through ASGI), GET and
+    HEAD requests under /hls/ that `direct` answers are written straight to the connection."""
     base: type[asyncio.Protocol] | None
     if parser == "h11":
         base = LimitedH11Protocol
@@ -278,8 +412,10 @@ def http_protocol(parser: str, *, max_header_bytes: int, header_timeout: float) 
             base = LimitedH11Protocol
     else:
         raise ValueError(f"unknown HTTP parser {parser!r}")
-    limits = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout}
+    limits: dict[str, Any] = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout}
+    if direct is not None and base is not LimitedH11Protocol:
+        limits["direct"] = staticmethod(direct)
     return type(base.__name__, (base,), limits)
 
 
-__all__ = ["LINGER_SECONDS", "http_protocol"]
+__all__ = ["LINGER_SECONDS", "DirectAnswer", "http_protocol"]

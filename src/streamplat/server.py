@@ -29,8 +29,10 @@ from streamplat import datadir
 from streamplat.app import SERVICES, Platform, build_apps, ports
 from streamplat.config import Settings
 from streamplat.db import DatabaseUnreachable, SchemaNewer
+from streamplat.hls.asgi import DirectHls, HlsFastPath
+from streamplat.http import RequestContext
 from streamplat.nodes import ClusterMismatch
-from streamplat.protocols import http_protocol
+from streamplat.protocols import DirectAnswer, http_protocol
 from streamplat.vod.objectstore import ObjectStorageError
 
 log = logging.getLogger(__name__)
@@ -134,10 +136,11 @@ def http_parser(settings: Settings) -> str:
     return "httptools"
 
 
-def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(app: Litestar, settings: Settings, direct: DirectAnswer | None = None) -> uvicorn.Config:
     """The uvicorn settings of every listener (the bench serves its reference app with them too).
 
-    This is the one place uvicorn is configured; every port gets the same settings.
+    This is the one place uvicorn is configured; every port gets the same settings, except that
+    the Stream App's protocol answers live /hls/ requests itself (`direct`, httptools only).
     """
     return uvicorn.Config(
         app,
@@ -149,6 +152,7 @@ def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
             http_parser(settings),
             max_header_bytes=settings.server.max_header_bytes,
             header_timeout=settings.server.header_timeout_seconds,
+            direct=direct,
         ),
         lifespan="on",
         log_config=None,
@@ -165,6 +169,15 @@ def uvicorn_config(app: Litestar, settings: Settings) -> uvicorn.Config:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )
+
+
+def direct_hls(app: Litestar) -> DirectHls | None:
+    """The Stream App's live /hls/ answers for its protocol (see `DirectHls`), found where
+    `build_apps` put the fast path: inside the app's request-id/metrics wrapper."""
+    context = app.asgi_handler
+    if isinstance(context, RequestContext) and isinstance(context.app, HlsFastPath):
+        return DirectHls(context.app, context)
+    return None
 
 
 def run(settings: Settings) -> None:
@@ -195,7 +208,10 @@ async def _serve(settings: Settings) -> None:
     with _bound(settings) as sockets:
         async with Platform(settings) as platform:
             apps = build_apps(platform)
-            servers = {name: _Server(uvicorn_config(apps[name], settings)) for name in apps}
+            direct = {"stream": direct_hls(apps["stream"])}
+            if direct["stream"] is not None and http_parser(settings) == "httptools":
+                log.info("live /hls/ answers from memory are written by the Stream App's HTTP protocol")
+            servers = {name: _Server(uvicorn_config(apps[name], settings, direct.get(name))) for name in apps}
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -174,6 +174,58 @@ def test_live_llhls_playlist_parts_segments_and_status(
     assert "init_1.mp4" in files and not [f for f in files if f.endswith(".tmp")]
 
 
+def test_first_playlist_lists_the_early_first_segment_and_plays(
+    server: ServerProcess, publishers: list[Publisher], tmp_path: Path
+) -> None:
+    """ingest.first_segment_seconds (0.2 s by default) closes the run's first segment after its
+    first part, so the first playable playlist comes one part after the first fragment; it keeps
+    TARGETDURATION at round(segment_seconds) and the recording whole (design §3.4 item 8)."""
+    live = Live(server, publishers, "llfirst")
+    live.publish()
+
+    def first() -> str | None:
+        r = live.get("stream.m3u8")
+        return r.text if r.status_code == 200 else None
+
+    text = str(wait_for(first, 30, interval=0.05, message="the first playlist"))
+    live.facts = check_playlist(text, None)
+    assert uris(text)[0] == "seg_1_0.m4s"
+    extinf = [float(x) for x in re.findall(r"#EXTINF:([\d.]+),", text)]
+    assert extinf[0] == pytest.approx(0.2, abs=0.01)  # one part, not a whole 1 s GOP
+    assert live.facts.target_duration == 1 and live.facts.part_target == pytest.approx(0.2, abs=0.001)
+    # init + that one segment already play, with both tracks (the 0.5 s probe kept the AAC)
+    init, seg = live.get("init_1.mp4").content, live.get("seg_1_0.m4s").content
+    (tmp_path / "first.mp4").write_bytes(init + seg)
+    info = probe(tmp_path / "first.mp4")
+    assert (info.video, info.audio) == ("h264", "aac")
+
+    text = live.wait_segments(4)  # check_playlist: TD and PART-TARGET as in the first playlist
+    assert live.facts.target_duration == 1 and live.facts.part_target == pytest.approx(0.2, abs=0.001)
+    # the rest of the first GOP closes at the next keyframe; from then on a segment per GOP
+    status = live.status()["hls"]
+    closed = [s for s in status["segments"] if s["complete"]]
+    assert [s["independent"] for s in closed[:3]] == [True, False, True]
+    assert closed[0]["duration_seconds"] + closed[1]["duration_seconds"] == pytest.approx(1.0, abs=0.01)
+    # the recording on disk: the short segment is in the index, and init + segments play for
+    # as long as the index says
+    folder = server.data_dir / "hls" / live.sid
+    wait_for(lambda: len(list(folder.glob("seg_1_*.m4s"))) >= 4, 20, message="4 segments on disk")
+    index = (folder / "stream.m3u8").read_text()
+    names = uris(index)
+    assert names[0] == "seg_1_0.m4s"
+    durations = [float(x) for x in re.findall(r"#EXTINF:([\d.]+),", index)]
+    assert durations[0] == pytest.approx(0.2, abs=0.01)
+    joined = tmp_path / "joined.mp4"
+    joined.write_bytes(
+        (folder / "init_1.mp4").read_bytes() + b"".join((folder / n).read_bytes() for n in names)
+    )
+    info = probe(joined)
+    assert (info.video, info.audio) == ("h264", "aac")
+    # (the container's duration also covers the audio, which may run a frame or two longer)
+    assert sum(durations) - 0.05 <= (info.duration or 0) <= sum(durations) + 0.3
+    live.stop()
+
+
 def test_blocking_reload_returns_the_asked_part(server: ServerProcess, publishers: list[Publisher]) -> None:
     live = Live(server, publishers, "ll2")
     live.publish()

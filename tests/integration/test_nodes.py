@@ -1,7 +1,8 @@
 """Several `streamplat serve` nodes on one PostgreSQL database ([cluster], streamplat.nodes).
 
 Two real servers (node-a, node-b) share the machine's PostgreSQL with short heartbeats (0.5 s,
-timeout 5 s); real FFmpeg publishes over SRT to the node that started the stream. The module's
+timeout 5 s) and a moto S3 server (recordings and live segments); real FFmpeg publishes over
+SRT to the node that started the stream. The module's
 last test SIGKILLs node-a, so the tests run in file order on one pair of servers.
 """
 
@@ -19,9 +20,11 @@ from tests.integration.test_auth import bearer
 from tests.integration.test_realtime import LIVE_ENV
 from tests.support import pg
 from tests.support.media import Publisher, ffmpeg_children_listening, wait_for
+from tests.support.s3 import MotoServer
 from tests.support.server import ServerProcess, make_server
 
 SECRET = "n" * 48
+BUCKET = "nodes-test"
 CLUSTER_ENV = {
     **LIVE_ENV,
     "STREAMPLAT_AUTH__JWT_SECRET": SECRET,
@@ -44,15 +47,20 @@ class Cluster:
     b: ServerProcess
     tmp: Path
 
+    moto: MotoServer
+
     @property
     def database_url(self) -> str:
         return self.a.env["STREAMPLAT_STORAGE__DATABASE_URL"]
 
     def node(self, name: str, **env: str) -> ServerProcess:
-        """Another node on the cluster's database (not started)."""
-        srv = make_server(
-            self.tmp, {**CLUSTER_ENV, "STREAMPLAT_STORAGE__DATABASE_URL": self.database_url, **env}, name=name
-        )
+        """Another node on the cluster's database and store (not started)."""
+        shared = {
+            **CLUSTER_ENV,
+            **self.moto.server_env(BUCKET),
+            "STREAMPLAT_STORAGE__DATABASE_URL": self.database_url,
+        }
+        srv = make_server(self.tmp, {**shared, **env}, name=name)
         srv.env["STREAMPLAT_CLUSTER__INTERNAL_STREAM_URL"] = f"http://127.0.0.1:{srv.ports['stream']}"
         return srv
 
@@ -60,8 +68,11 @@ class Cluster:
 @pytest.fixture(name="cluster", scope="module")
 def fixture_cluster(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("nodes")
-    a = make_server(tmp, {**CLUSTER_ENV, "STREAMPLAT_CLUSTER__NODE_ID": "node-a"}, name="a", db=db)
-    cluster = Cluster(a, a, tmp)
+    moto = MotoServer(tmp / "moto.log").start()
+    moto.client().create_bucket(Bucket=BUCKET)
+    env = {**CLUSTER_ENV, **moto.server_env(BUCKET), "STREAMPLAT_CLUSTER__NODE_ID": "node-a"}
+    a = make_server(tmp, env, name="a", db=db)
+    cluster = Cluster(a, a, tmp, moto)
     # node-b names itself "localhost" to the world, so an srt_url tells the nodes apart.
     cluster.b = cluster.node(
         "b", STREAMPLAT_CLUSTER__NODE_ID="node-b", STREAMPLAT_SERVER__PUBLIC_HOST="localhost"
@@ -77,6 +88,16 @@ def fixture_cluster(tmp_path_factory: pytest.TempPathFactory, db: str) -> Iterat
             except Exception:
                 srv.kill()
         a.drop_database()
+        moto.stop()
+
+
+def clock_ahead(seconds: int) -> dict[str, str]:
+    """Environment that runs a process with its wall clock `seconds` ahead (monotonic untouched)."""
+    import libfaketime  # type: ignore[import-untyped]
+
+    vendor = Path(libfaketime.__file__).parent / "vendor"
+    library = next(vendor.rglob("libfaketime.so.1"))
+    return {"LD_PRELOAD": str(library), "FAKETIME": f"+{seconds}s", "DONT_FAKE_MONOTONIC": "1"}
 
 
 def start_on(srv: ServerProcess, token: str, name: str) -> tuple[str, dict[str, object]]:
@@ -152,6 +173,8 @@ def test_a_node_that_disagrees_with_the_cluster_refuses_to_start(cluster: Cluste
     cases = [
         ({"STREAMPLAT_AUTH__JWT_SECRET": "m" * 48}, "auth.jwt_secret differs from the one of the alive node"),
         ({"STREAMPLAT_CLUSTER__NODE_ID": "node-a"}, "another node with node_id 'node-a' is alive"),
+        # The process's wall clock 10 s ahead of PostgreSQL's (libfaketime, preloaded).
+        (clock_ahead(10), "this machine's clock differs from the database's by 10."),
     ]
     for i, (env, needle) in enumerate(cases):
         srv = cluster.node(f"refused{i}", **env)
@@ -180,6 +203,13 @@ def test_a_node_killed_mid_stream_is_found_lost_and_its_stream_stopped_by_anothe
     sid, started = start_on(a, token, "killed node")
     publishers.append(Publisher(str(started["srt_url"])).start())
     wait_for(lambda: stream_status(b, sid, token)["status"] == "active", 30, message="active via b")
+    s3 = cluster.moto.client()
+
+    def stored_segments() -> int:
+        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"live/{sid}/")
+        return sum(1 for o in listed.get("Contents", []) if o["Key"].endswith(".m4s"))
+
+    wait_for(lambda: stored_segments() >= 4, 60, message="4 live segments in the store")
     assert a.proc is not None
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
@@ -192,9 +222,25 @@ def test_a_node_killed_mid_stream_is_found_lost_and_its_stream_stopped_by_anothe
     )
     assert str(final["status_reason"]).startswith("node lost: node-a"), final
     assert a.sql("SELECT claimed_by FROM nodes WHERE node_id = 'node-a'") == [("node-b",)]
+    metrics = b.main.get("/metrics").text
+    assert "streamplat_cluster_claims_total 1.0" in metrics
+    assert "streamplat_cluster_nodes_alive 1.0" in metrics
     # One recording, staged by B (its media comes back from object storage when configured).
     rows = a.sql("SELECT media_dir FROM recordings WHERE stream_id = ?", sid)
     assert [Path(m) for (m,) in rows] == [b.data_dir.resolve() / "hls" / sid]
+    # B packages it from the segments A had put in the store (1 s each) before it died.
+    in_store = stored_segments()
+
+    def recording() -> dict[str, object] | None:
+        r = b.vod.get(f"/api/v1/recordings/{sid}", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        body = dict(r.json())
+        assert body["status"] != "failed", body
+        return body if body["status"] == "ready" else None
+
+    ready = wait_for(recording, 90, message="recording ready via b")
+    assert int(str(ready["duration_seconds"])) >= 0.9 * in_store - 1, (ready, in_store)
+    assert b.vod.get(f"/api/v1/recordings/{sid}/video", headers=bearer(token)).status_code in (200, 302)
     # node-a restarted with its id (same data directory) takes its row back at once.
     a.start()
     assert a.sql("SELECT claimed_by, left_at FROM nodes WHERE node_id = 'node-a'") == [(None, None)]

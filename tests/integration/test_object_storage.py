@@ -75,6 +75,13 @@ def wait_status(server: ServerProcess, sid: str, status: str, timeout: float = 9
     return dict(wait_for(reached, timeout, interval=0.3, message=f"recording {status}"))
 
 
+def local_copies_removed(server: ServerProcess, sid: str) -> None:
+    """The local MP4, thumbnail and live segments go right after the row says ready (never before:
+    a crash in between must find them), so tests wait for that rather than race it."""
+    local = (server.data_dir / "recordings" / "vod" / sid, server.data_dir / "hls" / sid)
+    wait_for(lambda: not any(p.exists() for p in local), 30, 0.1, "local copies removed")
+
+
 def stored_etag(server: ServerProcess, key: str) -> str:
     """The ETag the server confirmed by HEAD after uploading `key` (from its log)."""
     found = re.findall(rf"stored {re.escape(key)} \((\d+) bytes, ETag ([0-9a-f-]+)\)", server.logs())
@@ -92,8 +99,7 @@ def test_recording_is_stored_in_the_bucket_and_served_by_redirect(
     # The paths of the spec stay the same; the files are in the bucket, not on the disk.
     assert rec["file_path"] == f"/recordings/vod/{sid}/video.mp4"
     assert keys(s3) >= {f"recordings/{sid}/video.mp4", f"recordings/{sid}/thumbnail.jpg"}
-    assert not (server.data_dir / "recordings" / "vod" / sid).exists()
-    assert not (server.data_dir / "hls" / sid).exists()
+    local_copies_removed(server, sid)
 
     obj = s3.get_object(Bucket=BUCKET, Key=f"recordings/{sid}/video.mp4")
     data = obj["Body"].read()
@@ -183,7 +189,7 @@ def test_store_down_keeps_the_files_says_why_and_recovers(server: ServerProcess,
     assert rec["storage"] == "object_storage" and rec["status_reason"] is None
     s3 = moto.client()
     assert {f"recordings/{sid}/video.mp4", f"recordings/{sid}/thumbnail.jpg"} <= keys(s3)
-    assert not (server.data_dir / "recordings" / "vod" / sid).exists()
+    local_copies_removed(server, sid)
     stored = s3.get_object(Bucket=BUCKET, Key=f"recordings/{sid}/video.mp4")["Body"].read()
     assert hashlib.md5(stored).hexdigest() == stored_etag(server, f"recordings/{sid}/video.mp4")
     assert len(stored) == rec["file_size_bytes"]
@@ -249,7 +255,7 @@ def test_restart_resumes_a_pending_upload(moto: MotoServer, tmp_path: Path) -> N
         rec = wait_status(srv, sid, "ready")
         assert rec["storage"] == "object_storage"
         assert f"recordings/{sid}/video.mp4" in keys(moto.client())
-        assert not (srv.data_dir / "recordings" / "vod" / sid).exists()
+        local_copies_removed(srv, sid)
     finally:
         srv.stop()
 

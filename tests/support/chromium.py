@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-CHROMIUM = os.environ.get("STREAMPLAT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -60,6 +60,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_SERVER__TRUSTED_PROXIES": '["10.0.0.0/33"]'}, "server.trusted_proxies"),
         ({"STREAMPLAT_INGEST__PART_SECONDS": "0.05"}, "ingest.part_seconds"),
         ({"STREAMPLAT_INGEST__PART_SECONDS": "1.5"}, "at most segment_seconds"),
+        ({"STREAMPLAT_INGEST__FIRST_SEGMENT_SECONDS": "0.1"}, "ingest.first_segment_seconds"),
+        ({"STREAMPLAT_INGEST__FIRST_SEGMENT_SECONDS": "1.5"}, "ingest.first_segment_seconds"),
+        ({"STREAMPLAT_INGEST__FIRST_SEGMENT_SECONDS": "-1"}, "ingest.first_segment_seconds"),
         ({"STREAMPLAT_INGEST__MEMORY_SEGMENTS": "3"}, "ingest.memory_segments"),
         ({"STREAMPLAT_INGEST__LOW_LATENCY": "maybe"}, "ingest.low_latency"),
     ],
@@ -121,6 +124,30 @@ def test_object_storage_is_off_by_default_and_validated() -> None:
     # Credentials belong in the environment, never in a URL of the config.
     with pytest.raises(ConfigError, match="without credentials"):
         load(None, environ={"STREAMPLAT_OBJECT_STORAGE__ENDPOINT_URL": "http://key:secret@minio:9000"})
+
+
+def test_live_upload_is_on_with_a_bucket_and_validated() -> None:
+    off = load(None, environ={}).object_storage
+    assert off.live_upload and off.live_prefix == "live/" and not off.live_enabled  # no bucket
+    on = load(None, environ={"STREAMPLAT_OBJECT_STORAGE__BUCKET": "recordings"}).object_storage
+    assert on.live_enabled and on.live_upload_queue == 64
+    assert not load(
+        None,
+        environ={
+            "STREAMPLAT_OBJECT_STORAGE__BUCKET": "recordings",
+            "STREAMPLAT_OBJECT_STORAGE__LIVE_UPLOAD": "false",
+        },
+    ).object_storage.live_enabled
+    bad = {
+        "LIVE_PREFIX": ["", "/live/", "a/../b/", "recordings/live/"],  # the last is inside key_prefix
+        "LIVE_UPLOAD_QUEUE": ["0", "10001"],
+    }
+    for key, values in bad.items():
+        for value in values:
+            with pytest.raises(ConfigError, match=f"object_storage.{key.lower()}"):
+                load(None, environ={f"STREAMPLAT_OBJECT_STORAGE__{key}": value})
+    with pytest.raises(ConfigError, match="must not be prefixes of one another"):
+        load(None, environ={"STREAMPLAT_OBJECT_STORAGE__KEY_PREFIX": ""})  # would hold live/ too
 
 
 def test_trusted_proxies_take_addresses_and_networks() -> None:

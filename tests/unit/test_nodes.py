@@ -25,6 +25,7 @@ from streamplat.nodes import (
     Node,
     NodeInfo,
     NodeRegistry,
+    NodesCollector,
     load_or_create_node_id,
     secret_fingerprint,
     stream_url_of,
@@ -141,7 +142,10 @@ async def test_a_node_sees_which_other_node_ingests_a_stream_from_memory(engines
         assert b.stream_owner(str(uuid.uuid4())) is None
         assert a.stream_owner(on_b) == NodeInfo("node-b", "http://node-b.internal:9090", "node-b.example.net")
         assert b.public_host_of("node-a") == "node-a.example.net" and not b.alone()
-        # A stop announced on the bus is applied at once, without waiting for the next heartbeat.
+        # A stop (committed, then announced on the bus) applies at once, not at the next heartbeat.
+        async with sessions() as session:
+            await session.execute(update(Stream).where(Stream.id == on_a).values(status=STOPPED))
+            await session.commit()
         await bus_b.publish(StreamStatusChanged(on_a, STOPPED, 1))
         assert b.stream_owner(on_a) is None
     # Both left cleanly: their rows say so, and nobody may claim them.
@@ -166,7 +170,9 @@ async def test_two_survivors_racing_claim_a_lost_node_once(
     for bus in buses:
         bus.subscribe(StreamEnded, published.append)
         bus.subscribe(StreamStatusChanged, published.append)
-    async with registry(engines[0], "node-a") as a, registry(engines[1], "node-b") as b:
+    # Heartbeat loops that never come round: the claims below are the test's, not the loops'.
+    quiet = {"heartbeat_seconds": 3600.0}
+    async with registry(engines[0], "node-a", **quiet) as a, registry(engines[1], "node-b", **quiet) as b:
         a.recover = stream_service(engines[0], buses[0], tmp_path, "a").stop_lost_node_streams
         b.recover = stream_service(engines[1], buses[1], tmp_path, "b").stop_lost_node_streams
         assert not await a.claim("node-lost")  # its heartbeat is fresh: not lost yet
@@ -213,6 +219,8 @@ async def test_a_heartbeat_that_stops_gets_the_node_claimed_by_the_loop(
         event = await asyncio.wait_for(ended.get(), 30)
         assert event.stream_id == sid and a.claims == 1
         assert a.stream_owner(sid) is None
+        metrics = {m.name: m.samples[0].value for m in NodesCollector(a).collect()}
+        assert metrics == {"streamplat_cluster_nodes_alive": 1, "streamplat_cluster_claims": 1}
 
 
 async def test_a_node_restarted_with_its_id_takes_its_claimed_row_back(engines: list[AsyncEngine]) -> None:
@@ -292,7 +300,8 @@ async def test_a_node_found_lost_while_running_ends_the_listeners_of_its_stopped
     bus = EventBus()
     ingest = RecordingIngest(bus)
     ports = PortPool(40000, 40003, probe=False)
-    async with registry(engines[0], "node-a") as a:
+    # No heartbeat loop on node-a: the test says when it reaches the database again.
+    async with registry(engines[0], "node-a", heartbeat_seconds=3600.0) as a:
         service = StreamService(
             sessions,
             bus,
@@ -312,7 +321,7 @@ async def test_a_node_found_lost_while_running_ends_the_listeners_of_its_stopped
             assert started.srt_url.startswith("srt://node-a.example.net:")
             assert ingest.running == {sid} and ports.in_use() == {started.port}
             # The database did not hear from node-a for longer than the timeout: node-b claims it.
-            async with registry(engines[1], "node-b") as b:
+            async with registry(engines[1], "node-b", heartbeat_seconds=3600.0) as b:
                 b.recover = stream_service(engines[1], EventBus(), tmp_path, "b").stop_lost_node_streams
                 await age_heartbeat(sessions, "node-a", 100)
                 assert await b.claim("node-a")
@@ -360,3 +369,45 @@ async def test_start_up_and_shutdown_touch_only_this_nodes_streams(
         async with service_of(b):
             pass
     assert await statuses() == {on_a: ACTIVE, on_b: STOPPED, legacy: STOPPED}
+
+
+async def test_a_second_process_joining_with_the_same_identity_is_reported_not_fought(
+    engines: list[AsyncEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cloned machine: same host name, same data directory path, so join() cannot tell it apart.
+    first = registry(engines[0], "node-a", instance="clone:/data")
+    await first.join()
+    second = registry(engines[1], "node-a", instance="clone:/data")
+    await second.join()
+    sessions = session_factory(engines[0])
+    async with sessions() as session:
+        before = await session.scalar(select(Node.heartbeat_at))
+    await first.beat()
+    await first.beat()
+    async with sessions() as session:
+        row = await session.get(Node, "node-a")
+    assert row is not None and row.heartbeat_at == before and row.claimed_by is None
+    errors = [m for m in caplog.messages if "is now also used by another process" in m]
+    assert len(errors) == 1 and "clone:/data" in errors[0]
+    await second.beat()  # the process that joined last goes on
+    async with sessions() as session:
+        assert (await session.scalar(select(Node.heartbeat_at))) > before  # type: ignore[operator]
+
+
+async def test_rows_of_nodes_gone_for_over_a_week_are_forgotten(engines: list[AsyncEngine]) -> None:
+    sessions = session_factory(engines[0])
+    for node_id in ("left-long-ago", "lost-long-ago", "left-yesterday"):
+        await registry(engines[0], node_id).join()
+    long_ago, yesterday = utcnow() - dt.timedelta(days=8), utcnow() - dt.timedelta(days=1)
+    async with sessions() as session:
+        await session.execute(update(Node).where(Node.node_id == "left-long-ago").values(left_at=long_ago))
+        await session.execute(
+            update(Node).where(Node.node_id == "lost-long-ago").values(claimed_by="x", claimed_at=long_ago)
+        )
+        await session.execute(update(Node).where(Node.node_id == "left-yesterday").values(left_at=yesterday))
+        await session.commit()
+    async with registry(engines[1], "node-a") as a:
+        assert await a.prune() == 2
+    async with sessions() as session:
+        kept = (await session.scalars(select(Node.node_id).order_by(Node.node_id))).all()
+    assert kept == ["left-yesterday", "node-a"]

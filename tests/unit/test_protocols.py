@@ -25,14 +25,20 @@ MAX_HEADER_BYTES = 8192
 HEADER_TIMEOUT = 1.0
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """An ASGI app's side of uvicorn's lifespan: every startup and shutdown completes."""
+    while True:
+        kind = (await receive())["type"]
+        await send({"type": kind + ".complete"})
+        if kind == "lifespan.shutdown":
+            return
+
+
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers every request with the number of body bytes it read."""
     if scope["type"] == "lifespan":
-        while True:
-            kind = (await receive())["type"]
-            await send({"type": kind + ".complete"})
-            if kind == "lifespan.shutdown":
-                return
+        await lifespan(receive, send)
+        return
     size = 0
     while True:
         message = await receive()
@@ -57,18 +63,18 @@ class ThreadServer(uvicorn.Server):
         yield
 
 
-@pytest.fixture(name="port", params=["h11", "httptools"])
-def fixture_port(request: pytest.FixtureRequest) -> Iterator[int]:
-    """A uvicorn server with the limited protocol of each parser, in a thread of its own."""
+@contextlib.contextmanager
+def thread_server(app: Any, http: type[asyncio.Protocol], timeout_keep_alive: int) -> Iterator[int]:
+    """A uvicorn server on a free port with protocol class `http`, in a thread of its own; its port."""
     port = free_tcp_port()
     config = uvicorn.Config(
-        echo_app,
+        app,
         host="127.0.0.1",
         port=port,
-        http=http_protocol(request.param, max_header_bytes=MAX_HEADER_BYTES, header_timeout=HEADER_TIMEOUT),
+        http=http,
         log_config=None,
         access_log=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=timeout_keep_alive,
     )
     server = ThreadServer(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -80,6 +86,14 @@ def fixture_port(request: pytest.FixtureRequest) -> Iterator[int]:
     yield port
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(name="port", params=["h11", "httptools"])
+def fixture_port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A uvicorn server with the limited protocol of each parser."""
+    protocol = http_protocol(request.param, max_header_bytes=MAX_HEADER_BYTES, header_timeout=HEADER_TIMEOUT)
+    with thread_server(echo_app, protocol, timeout_keep_alive=30) as port:
+        yield port
 
 
 def connect(port: int) -> socket.socket:

@@ -7,12 +7,17 @@ methods other than GET/HEAD) falls through to the Litestar app, which serves the
 
 Names are parsed with fixed patterns into integers and looked up in dicts; they are never
 joined into a path, so `..`, `%2f` or absolute names cannot leave the stream's folder.
+
+What memory answers at once (`HlsFastPath.answer_now`) is, with httptools, written even
+earlier, by the Stream App's HTTP protocol through `DirectHls` (protocols.py): no ASGI scope,
+task or middleware either, and the same bytes on the wire.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +25,10 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 
 from streamplat.hls.playlist import DirectiveError, check_directives, have, parse_directives
 from streamplat.hls.store import Blob, LiveStore, LiveStream
+from streamplat.http import RequestContext, request_id_of
+from streamplat.logs import request_id_var
 
-__all__ = ["HlsFastPath"]
+__all__ = ["DirectHls", "HlsFastPath"]
 
 _PART = re.compile(r"part_([1-9]\d{0,8})_(\d{1,9})\.m4s")
 _SEGMENT = re.compile(r"seg_([1-9]\d{0,8})_(\d{1,12})\.m4s")
@@ -31,6 +38,10 @@ PLAYLIST = "stream.m3u8"
 PLAYLIST_ROUTE = "/hls/{stream_id:str}/stream.m3u8"
 FILE_ROUTE = "/hls/{stream_id:str}/{segment:str}"
 FIRST_SEGMENT_WAIT = 6.0  # a live run's first segment closes ~1-2 s after its init
+
+
+def _route(name: str) -> str:
+    return PLAYLIST_ROUTE if name == PLAYLIST else FILE_ROUTE
 
 
 def _phrase(status: int) -> str:
@@ -73,49 +84,37 @@ class HlsFastPath:
         raw: dict[str, Any] = scope  # type: ignore[assignment]
         path: str = raw["path"]
         method: str = raw["method"]
-        if not path.startswith("/hls/") or method not in ("GET", "HEAD"):
+        found = self._resolve(path) if method in ("GET", "HEAD") else None
+        if found is None:
             await self.app(scope, receive, send)
             return
-        pieces = path[5:].split("/")
-        stream = self.store.get(pieces[0]) if len(pieces) == 2 and _STREAM_ID.fullmatch(pieces[0]) else None
-        if stream is None:
-            await self.app(scope, receive, send)
-            return
-        name = pieces[1]
+        stream, name = found
         # The route names the metrics use for the same resources served from disk.
-        raw["path_template"] = PLAYLIST_ROUTE if name == PLAYLIST else FILE_ROUTE
-        answer: tuple[int, Blob] | None
-        if name == PLAYLIST:
-            answer = await self._playlist(stream, raw.get("query_string", b"").decode("latin-1"))
-            if answer[0] == 200:
-                self._touch(stream.stream_id, raw)
+        raw["path_template"] = _route(name)
+        query = raw.get("query_string", b"").decode("latin-1")
+        headers: list[tuple[bytes, bytes]] = raw["headers"]
+        status = 200
+        ready = self.ready(stream, name, query)
+        if ready is not None:
+            blob, viewer = ready
+        elif name == PLAYLIST:
+            status, blob = await self._playlist(stream, query)
+            viewer = status == 200
         elif match := _PART.fullmatch(name):
-            answer = await self._part(stream, int(match.group(1)), int(match.group(2)))
-            if answer[0] == 200:
-                self._touch(stream.stream_id, raw)
-        elif match := _SEGMENT.fullmatch(name):
-            segment = stream.segment_blobs.get((int(match.group(1)), int(match.group(2))))
-            if segment is None:
-                # Older than the memory window (or unknown): the disk route decides.
-                await self.app(scope, receive, send)
-                return
-            answer = (200, segment)
-            self._touch(stream.stream_id, raw)
-        elif match := _INIT.fullmatch(name):
-            init = stream.init_blobs.get(int(match.group(1)))
-            if init is None:
-                await self.app(scope, receive, send)
-                return
-            answer = (200, init)
+            status, blob = await self._part(stream, int(match.group(1)), int(match.group(2)))
+            viewer = status == 200
         else:
+            # A segment or init that left memory, or an unknown name: the disk route decides.
             await self.app(scope, receive, send)
             return
-        status, blob = answer
-        headers = blob.headers
-        extra = self._cors(raw)
-        if extra:
-            headers = [*headers, *extra]
-        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": headers}
+        if viewer:
+            self._touch(stream.stream_id, raw.get("client"), headers)
+        extra = self._cors(headers)
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*blob.headers, *extra] if extra else blob.headers,
+        }
         body: HTTPResponseBodyEvent = {
             "type": "http.response.body",
             "body": b"" if method == "HEAD" else blob.body,
@@ -124,22 +123,95 @@ class HlsFastPath:
         await send(start)
         await send(body)
 
-    def _touch(self, stream_id: str, raw: dict[str, Any]) -> None:
+    def answer_now(
+        self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None
+    ) -> tuple[Blob, str, list[tuple[bytes, bytes]]] | None:
+        """The 200 answer to a GET/HEAD of `path` if memory holds it now (no wait, no disk):
+        the blob, the route template and the CORS headers to add; the viewer is counted.
+        None when the request needs `__call__` (blocking reloads, errors) or the app."""
+        found = self._resolve(path)
+        if found is None:
+            return None
+        stream, name = found
+        ready = self.ready(stream, name, query.decode("latin-1"))
+        if ready is None:
+            return None
+        blob, viewer = ready
+        if viewer:
+            self._touch(stream.stream_id, client, headers)
+        return blob, _route(name), self._cors(headers)
+
+    def _resolve(self, path: str) -> tuple[LiveStream, str] | None:
+        """The live stream and the file name of `/hls/{id}/{name}`, if that stream is in memory."""
+        if not path.startswith("/hls/"):
+            return None
+        pieces = path[5:].split("/")
+        if len(pieces) != 2 or not _STREAM_ID.fullmatch(pieces[0]):
+            return None
+        stream = self.store.get(pieces[0])
+        return None if stream is None else (stream, pieces[1])
+
+    def ready(self, stream: LiveStream, name: str, query: str) -> tuple[Blob, bool] | None:
+        """The 200 answer for `name` if memory has it without waiting, and whether it counts a
+        viewer (playlists, parts and segments do, inits do not); None otherwise."""
+        if name == PLAYLIST:
+            playlist = self._playlist_now(stream, query)
+            return None if playlist is None else (playlist, True)
+        blob: Blob | None = None
+        viewer = True
+        if match := _PART.fullmatch(name):
+            blob = stream.part(int(match.group(1)), int(match.group(2)))
+        elif match := _SEGMENT.fullmatch(name):
+            blob = stream.segment_blobs.get((int(match.group(1)), int(match.group(2))))
+        elif match := _INIT.fullmatch(name):
+            blob, viewer = stream.init_blobs.get(int(match.group(1))), False
+        return None if blob is None else (blob, viewer)
+
+    @staticmethod
+    def _playlist_now(stream: LiveStream, query: str) -> Blob | None:
+        """The playlist if it can be answered at once: it exists, and the query has no blocking
+        directive or one already satisfied. Bad directives are `_playlist`'s to answer (400)."""
+        if stream.playlist is None:
+            return None
+        if "_HLS_" not in query:
+            return stream.playlist
+        try:
+            directives = parse_directives(query)
+        except DirectiveError:
+            return None
+        if directives.msn is None or stream.ended:
+            return stream.playlist
+        cutter = stream.cutter
+        window = stream.window()
+        try:
+            check_directives(
+                window,
+                cutter.open,
+                directives,
+                target_duration=cutter.target_duration or 1,
+                part_target=cutter.part_target,
+            )
+        except DirectiveError:
+            return None
+        return stream.playlist if have(window, cutter.open, directives.msn, directives.part) else None
+
+    def _touch(
+        self, stream_id: str, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         if self.touch is None:
             return
-        client = raw.get("client")
         agent = None
-        for key, value in raw["headers"]:
+        for key, value in headers:
             if key == b"user-agent":
                 agent = value.decode("latin-1")
                 break
         self.touch(stream_id, client[0] if client else None, agent)
 
-    def _cors(self, raw: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    def _cors(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if not self._origins:
             return []
         origin = None
-        for key, value in raw["headers"]:
+        for key, value in headers:
             if key == b"origin":
                 origin = value
                 break
@@ -198,3 +270,43 @@ class HlsFastPath:
         if blob is None:
             return 404, _error(404, "Part not found")
         return 200, blob
+
+
+class DirectHls:
+    """The Stream App's live answers written by the HTTP protocol itself (protocols.py), with
+    no ASGI scope, task or middleware: what `HlsFastPath.answer_now` answers at once, plus
+    what `RequestContext` adds around every request (X-Request-ID, the access log line when
+    `logging.hls_access_log` is on, the request metrics). The header lines come out as uvicorn
+    writes them for the ASGI answer, in the same order: blob, CORS, X-Request-ID.
+    """
+
+    def __init__(self, fast: HlsFastPath, context: RequestContext) -> None:
+        self.fast = fast
+        self.context = context
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+    ) -> tuple[bytes, bytes] | None:
+        """(header lines, body) of the 200 answer to a GET/HEAD, or None to leave it to ASGI."""
+        started = time.perf_counter()
+        answer = self.fast.answer_now(path, query, headers, client)
+        if answer is None:
+            return None
+        blob, route, cors = answer
+        request_id = request_id_of(headers)
+        lines = [
+            blob.head,
+            *(b"%s: %s\r\n" % pair for pair in cors),
+            b"x-request-id: %s\r\n" % request_id.encode(),
+        ]
+        token = request_id_var.set(request_id)
+        try:
+            self.context.answered(method, path, route, 200, time.perf_counter() - started)
+        finally:
+            request_id_var.reset(token)
+        return b"".join(lines), b"" if method == "HEAD" else blob.body

@@ -8,11 +8,19 @@ consecutive parts of one run, starting at a keyframe part once the previous segm
 
 Rules (numbers refer to design §3.4):
 1. a run's leading fragments that do not start on a sync sample are dropped;
-3. a segment closes before an independent fragment once it lasted `segment_seconds`, or before
-   any fragment that would make its EXTINF round above TARGETDURATION (a forced cut, logged);
-   and when the run ends;
-5. TARGETDURATION is fixed when the stream's first segment closes (or given, after a restart);
-6. PART-TARGET is the longest part so far, rounded up to the millisecond (grows only).
+3. a segment closes before an independent fragment once it lasted `segment_seconds` (or at once
+   when it did not start on a keyframe: the rest of a GOP that was cut early), or before any
+   fragment that would make its EXTINF round above TARGETDURATION (a forced cut, logged); and
+   when the run ends;
+5. TARGETDURATION is fixed when the stream's first segment closes (or given, after a restart),
+   and never below round(segment_seconds);
+6. PART-TARGET is the longest part so far, rounded up to the millisecond (grows only);
+8. with `first_segment_seconds`, a run's first segment closes as soon as it lasted that long
+   (with its first part, at 0.2), so the first playable playlist comes with the first fragment
+   instead of one GOP later (design §3.4 item 8a); the closed segment then holds the part the
+   same `Cut` returns. Its PART-TARGET is then
+   at least `part_seconds`, which FFmpeg's `-frag_duration` makes every part but a segment's
+   last one reach, so it need not grow when the second part comes.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ log = logging.getLogger(__name__)
 # EXTINF rounds to the nearest integer, which must stay <= TARGETDURATION: a segment may last
 # at most TD + this before it would round above (half a second minus a margin).
 _ROUND_MARGIN = 0.49
+# A part of 0.19999 s (timescale rounding) still counts as the 0.2 s first segment (rule 8).
+_TICK_SLACK = 0.001
 
 
 class CutterError(ValueError):
@@ -113,11 +123,24 @@ class Cutter:
         next_dsn: int = 0,
         target_duration: int | None = None,
         had_segments: bool = False,
+        first_segment_seconds: float = 0.0,
+        part_seconds: float = 0.0,
     ) -> None:
-        """`next_*`, `target_duration` and `had_segments` continue a stream after a restart."""
+        """`next_*`, `target_duration` and `had_segments` continue a stream after a restart.
+
+        `first_segment_seconds` > 0 closes each run's first segment once it lasted that long
+        (rule 8; 0 = a full GOP). `part_seconds` is FFmpeg's `-frag_duration`: the floor of
+        PART-TARGET when the first segment is that short.
+        """
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
+        if not 0 <= first_segment_seconds <= segment_seconds:
+            raise ValueError(
+                f"first_segment_seconds must be 0..{segment_seconds}, got {first_segment_seconds}"
+            )
         self.segment_seconds = segment_seconds
+        self.first_segment_seconds = first_segment_seconds
+        self.part_seconds = part_seconds
         self.next_run = next_run
         self.next_msn = next_msn
         self.target_duration = target_duration
@@ -129,8 +152,8 @@ class Cutter:
         # A discontinuity comes before the first segment of every run but the stream's first.
         self._had_segments = had_segments
         self._run_has_segments = False
+        self._lead_in = False  # the open segment is its run's first (rule 8)
         self._anchor: float | None = None
-        self._leading_ticks = 0
 
     @property
     def run(self) -> int | None:
@@ -183,7 +206,7 @@ class Cutter:
         cut = Cut()
         segment = self.open
         if segment is not None:
-            if lead.first_sync and segment.duration >= self.segment_seconds:
+            if lead.first_sync and (segment.duration >= self.segment_seconds or not segment.independent):
                 cut.closed = self._close()
             elif self.target_duration is not None and (
                 segment.duration + duration > self.target_duration + _ROUND_MARGIN
@@ -200,6 +223,7 @@ class Cutter:
         if self.open is None:
             if not self._run_has_segments and self._had_segments:
                 self._dsn += 1
+            self._lead_in = not self._run_has_segments
             self._run_has_segments = True
             self._had_segments = True
             self.open = Segment(
@@ -234,6 +258,10 @@ class Cutter:
                 )
             self.part_target = target
         cut.part = part
+        if self._lead_in and 0 < self.first_segment_seconds <= segment.duration + _TICK_SLACK:
+            # Rule 8: close the run's first segment with this part, without waiting for the next
+            # fragment (it need not start on a keyframe: the next segment takes the rest of the GOP).
+            cut.closed = self._close()
         return cut
 
     def end_run(self) -> Segment | None:
@@ -248,6 +276,11 @@ class Cutter:
         segment.data = b"".join(p.data for p in segment.parts)
         segment.closed = True
         self.open = None
+        if self._lead_in and self.first_segment_seconds and self.part_seconds:
+            # Rule 8: one part is too few to measure PART-TARGET on; FFmpeg makes every part
+            # but a segment's last at least part_seconds long.
+            self.part_target = max(self.part_target, ceil_ms(self.part_seconds))
+        self._lead_in = False
         if self.target_duration is None:
             self.target_duration = max(1, round(self.segment_seconds), round(segment.duration))
         return segment

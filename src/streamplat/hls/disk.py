@@ -22,12 +22,21 @@ import os
 import pathlib
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamplat.hls.boxes import BoxError, BoxSplitter, parse_moof, parse_moov
 from streamplat.hls.playlist import IndexEntry, init_name, render_index, segment_name
 
-__all__ = ["INDEX_NAME", "DiskState", "DiskWriter", "scan", "segment_duration", "write_durably"]
+__all__ = [
+    "INDEX_NAME",
+    "DiskState",
+    "DiskWriter",
+    "fsync_dir",
+    "scan",
+    "segment_duration",
+    "write_durably",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +60,11 @@ def write_durably(path: pathlib.Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
+def fsync_dir(directory: pathlib.Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -162,8 +172,16 @@ def scan(directory: pathlib.Path, segment_seconds: float = 1.0) -> DiskState:
 class DiskWriter:
     """Ordered, durable writes of one stream's files on a single worker thread."""
 
-    def __init__(self, directory: pathlib.Path, state: DiskState) -> None:
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        state: DiskState,
+        on_durable: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_durable(name)` is called on the writer's thread after each init and segment file
+        is durably under its final name (the live upload hook: it must only queue, never block)."""
         self.directory = directory
+        self._on_durable = on_durable
         self._entries = list(state.entries)
         self._target_duration = state.target_duration
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hls-disk")
@@ -184,13 +202,18 @@ class DiskWriter:
             log.exception("%s", self.failed)
 
     def write_init(self, run: int, data: bytes) -> None:
-        self._submit(write_durably, self.directory / init_name(run), data)
+        self._submit(self._durable, init_name(run), data)
+
+    def _durable(self, name: str, data: bytes) -> None:
+        write_durably(self.directory / name, data)
+        if self._on_durable is not None:
+            self._on_durable(name)
 
     def write_segment(self, run: int, msn: int, data: bytes, duration: float, target_duration: int) -> None:
         self._submit(self._segment, run, msn, data, duration, target_duration)
 
     def _segment(self, run: int, msn: int, data: bytes, duration: float, target_duration: int) -> None:
-        write_durably(self.directory / segment_name(run, msn), data)
+        self._durable(segment_name(run, msn), data)
         self._entries.append(IndexEntry(run, msn, duration))
         if self._target_duration is None:
             self._target_duration = target_duration

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamplat.hls.cutter import Cut, Cutter, Init, Part, Segment
@@ -28,10 +28,17 @@ NO_CACHE = b"no-cache"
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    """One response body with its headers, ready for two ASGI sends."""
+    """One response body with its headers, ready for two ASGI sends, and the same headers as
+    the bytes uvicorn would write for them (`head`, "name: value\r\n" each), for the answers
+    written straight to the connection (protocols.py)."""
 
     body: bytes
     headers: list[tuple[bytes, bytes]]
+    head: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        head = b"".join(b"%s: %s\r\n" % (name, value) for name, value in self.headers)
+        object.__setattr__(self, "head", head)
 
 
 def blob(body: bytes, content_type: bytes, cache: bytes) -> Blob:

@@ -133,7 +133,9 @@ def _listener_input(ffmpeg_binary: str, input_list: str, port: int, analyze_seco
         "-loglevel",
         "warning",
         # Probe 0.5 s instead of 5 s so the first segment is cut about a second after the
-        # publisher connects. (-probesize 32 would silently drop the AAC track.)
+        # publisher connects. (-probesize 32 would silently drop the AAC track, and 0.25 s
+        # made FFmpeg fail with "sample rate not set" for an OBS-like x264 with B-frames +
+        # 64 kbps AAC publisher, whose first audio PES comes ~0.35 s in: measured 27 Nov 2026.)
         "-analyzeduration",
         str(int(analyze_seconds * 1_000_000)),
         # The SRT URL comes from the list file (see listener_input_list); the concat demuxer

@@ -46,6 +46,7 @@ from streamplat.events import (
 )
 from streamplat.hls.cutter import Cutter
 from streamplat.hls.disk import DiskWriter, finalise_index, scan
+from streamplat.hls.offload import LiveOffload
 from streamplat.hls.packager import DiskSink, PackagerStats, package
 from streamplat.hls.store import LiveStore, LiveStream
 from streamplat.ingest.ffmpeg import (
@@ -76,6 +77,8 @@ class IngestSettings:
     segment_seconds: float = 1.0  # HLS segment target length (cut at the next keyframe)
     playlist_size: int = 6  # segments in the sliding live playlist
     part_seconds: float = 0.2  # LL-HLS part length (FFmpeg's -frag_duration)
+    # A publisher session's first segment closes this early (0: after a full GOP), design §3.4.8.
+    first_segment_seconds: float = 0.2
     memory_segments: int = 12  # segments kept in memory (playlist window + late fetches)
     low_latency: bool = True  # False: no part tags / blocking reload (a plain live playlist)
     reconnect_window_seconds: float = 300.0  # how long a dropped publisher may take to return
@@ -258,9 +261,17 @@ class _Stream:
 class IngestSupervisor:
     """Runs and watches one FFmpeg SRT listener per live stream; use as `async with`."""
 
-    def __init__(self, settings: IngestSettings, bus: EventBus, live_store: LiveStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        bus: EventBus,
+        live_store: LiveStore | None = None,
+        offload: LiveOffload | None = None,
+    ) -> None:
+        """`offload`: upload each stream's durable files to object storage (hls.offload)."""
         self._settings = settings
         self._bus = bus
+        self._offload = offload
         self.live_store = live_store if live_store is not None else LiveStore()
         self._streams: dict[str, _Stream] = {}
         self._tasks: asyncio.TaskGroup | None = None
@@ -376,6 +387,8 @@ class IngestSupervisor:
             await asyncio.wait([task])
         await self._close_live(stream)
         await asyncio.to_thread(_finalise, stream.hls_dir, self._settings.segment_seconds)
+        if self._offload is not None:
+            self._offload.end(stream_id)  # the ended index goes up after the last segment
         if self._streams.get(stream_id) is stream:
             del self._streams[stream_id]
         stream.log.info("stopped; playlist ended")
@@ -410,8 +423,11 @@ class IngestSupervisor:
             next_dsn=state.next_dsn,
             target_duration=state.target_duration,
             had_segments=state.has_media,
+            first_segment_seconds=settings.first_segment_seconds,
+            part_seconds=settings.part_seconds,
         )
-        writer = DiskWriter(stream.hls_dir, state)
+        on_durable = None if self._offload is None else self._offload.open(stream.stream_id, stream.hls_dir)
+        writer = DiskWriter(stream.hls_dir, state, on_durable)
         live = LiveStream(
             stream.stream_id,
             cutter,

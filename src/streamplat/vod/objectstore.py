@@ -15,6 +15,7 @@ local size and that ETag.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -26,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from streamplat.config import ObjectStorageSettings
+from streamplat.hls.disk import INDEX_NAME, INIT_RE, SEGMENT_RE, fsync_dir
 
 log = logging.getLogger(__name__)
 
 _HASH_BLOCK = 1 << 20
+_DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 # A presigned URL is reused only while this much of its life is left (a redirect may be cached
 # for 60 s by the client), and at most this many are kept.
 PRESIGN_REUSE_MIN_LEFT_SECONDS = 60
@@ -77,6 +80,14 @@ class ObjectStore:
     def key(self, stream_id: str, name: str) -> str:
         """The object key of one file of a recording."""
         return f"{self.settings.key_prefix}{stream_id}/{name}"
+
+    def live_key(self, stream_id: str, name: str) -> str:
+        """The object key of one file of a live stream (init, segment or index, as on disk)."""
+        return f"{self.live_prefix(stream_id)}{name}"
+
+    def live_prefix(self, stream_id: str) -> str:
+        """The key prefix of every live object of a stream (ends with /)."""
+        return f"{self.settings.live_prefix}{stream_id}/"
 
     # --- start --------------------------------------------------------------------------------
 
@@ -236,6 +247,92 @@ class ObjectStore:
                     break
         return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
+    # --- small objects (live media), blocking: run them on a worker thread ---------------------
+
+    def put_file_sync(self, path: Path, key: str, content_type: str) -> int:
+        """Upload a small file in one PUT and confirm it; returns its size.
+
+        The body's MD5 travels as Content-MD5, so the store refuses a body damaged on the way,
+        and the ETag it answers must be that MD5 (unless verify_etag is off): confirmed in the
+        PUT's own round trip, without the HEAD a multipart upload needs. OSError if the file
+        cannot be read (FileNotFoundError: it is gone), ObjectStorageError if the store fails.
+        """
+        data = path.read_bytes()
+        digest = hashlib.md5(data, usedforsecurity=False)
+        try:
+            reply = self._client.put_object(
+                Bucket=self.settings.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ContentMD5=base64.b64encode(digest.digest()).decode(),
+            )
+        except Exception as exc:
+            raise ObjectStorageError(f"upload of {key} failed: {self._reason(exc)}") from None
+        etag = str(reply.get("ETag", "")).strip('"')
+        if self.settings.verify_etag and etag != digest.hexdigest():
+            raise ObjectStorageError(
+                f"{key} stored with ETag {etag}, expected {digest.hexdigest()} (corrupted?)"
+            )
+        return len(data)
+
+    def list_sync(self, prefix: str) -> dict[str, StoredObject]:
+        """Every object under `prefix`, by key (all pages)."""
+        found: dict[str, StoredObject] = {}
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = str(item["Key"])
+                    found[key] = StoredObject(key, int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+        except Exception as exc:
+            raise ObjectStorageError(f"cannot list {prefix} in {self.where}: {self._reason(exc)}") from None
+        return found
+
+    def download_sync(self, stored: StoredObject, dest: Path) -> None:
+        """Write an object to `dest` durably, or not at all (ObjectStorageError; no file left).
+
+        The body is written to a temporary file next to `dest` and checked before its rename:
+        its size, and its MD5 against the ETag when the ETag is one (a single-PUT object).
+        """
+        tmp = dest.with_name(f".{dest.name}.download.tmp")
+        try:
+            try:
+                body = self._client.get_object(Bucket=self.settings.bucket, Key=stored.key)["Body"]
+                digest = hashlib.md5(usedforsecurity=False)
+                size = 0
+                with tmp.open("wb") as f:
+                    while block := body.read(_HASH_BLOCK):
+                        f.write(block)
+                        digest.update(block)
+                        size += len(block)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                raise  # the local disk, not the store
+            except Exception as exc:
+                raise ObjectStorageError(f"download of {stored.key} failed: {self._reason(exc)}") from None
+            if size != stored.size:
+                raise ObjectStorageError(
+                    f"download of {stored.key} gave {size} bytes instead of {stored.size}"
+                )
+            single_put = len(stored.etag) == 32 and "-" not in stored.etag
+            if self.settings.verify_etag and single_put and digest.hexdigest() != stored.etag:
+                raise ObjectStorageError(f"download of {stored.key} does not match its ETag (corrupted?)")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; how many there were. ObjectStorageError on failure."""
+        found = await asyncio.to_thread(self.list_sync, prefix)
+        keys = sorted(found)
+        for start in range(0, len(keys), _DELETE_BATCH):
+            await self.delete(keys[start : start + _DELETE_BATCH])
+        return len(keys)
+
     async def delete(self, keys: list[str]) -> None:
         """Delete objects (missing ones are fine); ObjectStorageError if the store refuses."""
         for key in keys:
@@ -325,6 +422,59 @@ class ObjectStore:
         if isinstance(cause, BotoCoreError | ClientError):
             return self._reason(cause)
         return f"{type(exc).__name__} talking to {self.endpoint}: {exc}"
+
+
+def live_file(name: str) -> bool:
+    """Whether `name` is one of a live stream's files that are uploaded and restored."""
+    return name == INDEX_NAME or bool(INIT_RE.fullmatch(name) or SEGMENT_RE.fullmatch(name))
+
+
+async def restore_live_media(store: ObjectStore, stream_id: str, dest: Path) -> int:
+    """Download the live files of a stream that `dest` lacks (or holds at another size); how many.
+
+    For a recording whose node died: its media dir here is missing or has fewer segments than
+    the store. Each file lands whole (temporary name, size and MD5 checked, fsync, rename) or
+    not at all: one that fails is logged and left out, and packaging then skips a run or a
+    segment as it skips damaged ones. ObjectStorageError if the store cannot be listed.
+    """
+    prefix = store.live_prefix(stream_id)
+    listed = await asyncio.to_thread(store.list_sync, prefix)
+    wanted = {key[len(prefix) :]: obj for key, obj in listed.items() if live_file(key[len(prefix) :])}
+    if not wanted:
+        return 0
+
+    def missing() -> list[str]:
+        dest.mkdir(parents=True, exist_ok=True)
+        have = {e.name: e.stat().st_size for e in os.scandir(dest) if e.is_file()}
+        return sorted(n for n, obj in wanted.items() if have.get(n) != obj.size)
+
+    restored = 0
+    for name in await asyncio.to_thread(missing):
+        try:
+            await asyncio.to_thread(store.download_sync, wanted[name], dest / name)
+        except (ObjectStorageError, OSError) as exc:
+            log.warning(
+                "stream=%s cannot restore %s from %s: %s",
+                stream_id,
+                name,
+                store.where,
+                exc,
+                extra={"stream_id": stream_id},
+            )
+            continue
+        restored += 1
+    if restored:
+        await asyncio.to_thread(fsync_dir, dest)
+    log.info(
+        "stream=%s restored %d of %d live files from %s into %s",
+        stream_id,
+        restored,
+        len(wanted),
+        store.where,
+        dest,
+        extra={"stream_id": stream_id},
+    )
+    return restored
 
 
 def _error_code(exc: BaseException) -> str:

@@ -11,6 +11,11 @@ the local files go only once the store has confirmed both objects. While the sto
 reached the recording stays "processing" with the reason in `status_reason`, and the upload is
 retried with a doubling backoff (object_storage.upload_attempts times, then "failed"; a retry
 uploads the files already packaged, without packaging again). A restart resumes the upload too.
+
+Live media (streamplat.hls.offload): with a store, a job first fetches from it the stream's live
+files its media dir lacks, so a recording whose ingesting node died is packaged here from the
+store. Once the recording is ready, and when it is deleted, the stream's live objects go (and
+at start, those of every ready recording: a shutdown right after "ready" may have left some).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import shutil
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,8 +37,8 @@ from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
 from streamplat.logs import stream_context
 from streamplat.vod.models import FAILED, LOCAL, OBJECT_STORAGE, PROCESSING, READY, Recording
-from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, StoredObject
-from streamplat.vod.packaging import PackagedRecording, PackagingError, package_recording
+from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, StoredObject, restore_live_media
+from streamplat.vod.packaging import PackagedRecording, PackagingError, has_media, package_recording
 from streamplat.vod.schemas import Pagination, RecordingDeleted, RecordingList, RecordingOut, RetryStarted
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,13 @@ log = logging.getLogger(__name__)
 _STOP = ""  # queue sentinel: a worker that takes it exits
 # The files of a recording, with the content type they are stored and served with.
 FILES = {"video.mp4": "video/mp4", "thumbnail.jpg": "image/jpeg"}
+
+
+class LiveUploads(Protocol):
+    """The live uploads of streams (streamplat.hls.offload.LiveOffload), as recordings use them."""
+
+    async def discard(self, stream_id: str) -> None:
+        """Stop the stream's uploads; none lands after this returns."""
 
 
 def web_path(stream_id: str, name: str) -> str:
@@ -59,6 +72,7 @@ class RecordingService:
         workers: int = 2,
         job_timeout_seconds: float = 3600.0,
         store: ObjectStore | None = None,
+        live_uploads: LiveUploads | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -72,6 +86,7 @@ class RecordingService:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._draining = False
         self._store = store
+        self._live_uploads = live_uploads
         self._upload_problem: str | None = None
         self._backing_off: dict[str, asyncio.Event] = {}  # uploads waiting to try again; set = now
 
@@ -85,6 +100,8 @@ class RecordingService:
             self._tasks.create_task(self._worker(n), name=f"vod-worker-{n}")
         self._bus.subscribe(StreamEnded, self._on_stream_ended)
         await self._resume()
+        if self._store is not None:
+            self._tasks.create_task(self._sweep_live(), name="vod-live-sweep")
         return self
 
     async def __aexit__(
@@ -109,6 +126,34 @@ class RecordingService:
         for stream_id in pending:
             log.info("stream=%s recording resumes after a restart", stream_id, extra={"stream_id": stream_id})
             self._enqueue(stream_id)
+
+    async def _sweep_live(self) -> None:
+        """Delete the live objects of recordings already ready (a shutdown or a store outage
+        right after "ready" left them); one listing at start, in the background.
+
+        Only ready recordings' objects go: a stream live on another node has live objects and
+        no ready recording, and a processing or failed recording still needs its own.
+        """
+        assert self._store is not None
+        prefix = self._store.settings.live_prefix
+        try:
+            listed = await asyncio.to_thread(self._store.list_sync, prefix)
+        except ObjectStorageError as exc:
+            log.warning("left-over live objects not checked: %s", exc.reason)
+            return
+        stream_ids = sorted({key[len(prefix) :].split("/", 1)[0] for key in listed})
+        ready: list[str] = []
+        async with self._sessions() as session:
+            for start in range(0, len(stream_ids), 500):  # bounded IN lists
+                batch = stream_ids[start : start + 500]
+                ready += await session.scalars(
+                    select(Recording.stream_id).where(
+                        Recording.stream_id.in_(batch), Recording.status == READY
+                    )
+                )
+        for stream_id in ready:
+            if stream_id not in self._running:
+                await self._drop_live(stream_id, required=False)
 
     def _enqueue(self, stream_id: str) -> None:
         if stream_id not in self._queued:
@@ -199,6 +244,8 @@ class RecordingService:
             result = packaged
             log.info("stream=%s recording already packaged", stream_id, extra={"stream_id": stream_id})
         else:
+            if self._store is not None and not await self._restore(stream_id, media_dir):
+                return
             log.info(
                 "stream=%s packaging recording from %s", stream_id, media_dir, extra={"stream_id": stream_id}
             )
@@ -223,9 +270,10 @@ class RecordingService:
             if self._store is not None:
                 with contextlib.suppress(ObjectStorageError):
                     await self._store.delete([self._store.key(stream_id, name) for name in FILES])
+                await self._drop_live(stream_id, required=False)
             return
         # The MP4 now holds every segment (and, with a store, both objects are confirmed there):
-        # the live copy, and the local one, are no longer needed.
+        # the live copies (on disk and in the store), and the local one, are no longer needed.
         await asyncio.to_thread(_remove_trees, media_dir, *([out_dir] if self._store is not None else []))
         elapsed = loop.time() - started
         log.info(
@@ -247,6 +295,73 @@ class RecordingService:
                 processing_seconds=elapsed,
             )
         )
+        if self._store is not None:
+            # After the event: a slow or vanished store must not delay "ready" for anyone.
+            await self._drop_live(stream_id, required=False)
+
+    async def _restore(self, stream_id: str, media_dir: Path) -> bool:
+        """Fetch the stream's live files the media dir lacks from the store (its node may have
+        died); False if the recording failed or was deleted meanwhile.
+
+        With media on disk, a store that cannot be listed costs only a warning (this node
+        recorded the stream: what it has is what there is). Without any, the job waits for the
+        store like an upload does, then fails as "no media" if the store has none either.
+        """
+        assert self._store is not None
+        store, s = self._store, self._store.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                restored = await restore_live_media(store, stream_id, media_dir)
+            except ObjectStorageError as exc:
+                if await asyncio.to_thread(has_media, media_dir):
+                    log.warning(
+                        "stream=%s cannot look for live files in object storage (%s): packaging the disk's",
+                        stream_id,
+                        exc.reason,
+                        extra={"stream_id": stream_id},
+                    )
+                    return True
+                if attempt >= s.upload_attempts:
+                    await self._fail(
+                        stream_id,
+                        f"no media on disk, and object storage could not be read after {attempt} "
+                        f"attempts: {exc.reason}",
+                        None,
+                    )
+                    return False
+                if not await self._back_off(stream_id, attempt, exc):
+                    return False
+                continue
+            if restored:
+                await self._set_reason(
+                    stream_id, f"packaging ({restored} live files restored from object storage)"
+                )
+            return True
+
+    async def _drop_live(self, stream_id: str, *, required: bool) -> None:
+        """Stop the stream's live uploads and delete its live objects (ServiceUnavailable if
+        `required` and the store refuses; else a warning, and the recording's delete retries it)."""
+        assert self._store is not None
+        if self._live_uploads is not None:
+            await self._live_uploads.discard(stream_id)
+        try:
+            count = await self._store.delete_prefix(self._store.live_prefix(stream_id))
+        except ObjectStorageError as exc:
+            if required:
+                raise ServiceUnavailable(
+                    f"Recording not deleted: {exc.reason}; try again later", retry_after=30
+                ) from None
+            log.warning(
+                "stream=%s live objects not deleted: %s",
+                stream_id,
+                exc.reason,
+                extra={"stream_id": stream_id},
+            )
+            return
+        if count:
+            log.info("stream=%s deleted %d live objects", stream_id, count, extra={"stream_id": stream_id})
 
     async def _update(
         self,
@@ -315,21 +430,29 @@ class RecordingService:
                     processing_seconds,
                 )
                 return False
-            delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
-            reason = (
-                f"waiting for object storage: {exc.reason} "
-                f"(attempt {attempt} of {s.upload_attempts}; next in {delay:.0f} s)"
-            )
-            log.warning("stream=%s %s", stream_id, reason, extra={"stream_id": stream_id})
-            if not await self._set_reason(stream_id, reason):
+            if not await self._back_off(stream_id, attempt, exc):
                 return False
-            wake = self._backing_off[stream_id] = asyncio.Event()
-            try:
-                # POST .../retry sets it: "the store is back, try now".
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), delay)
-            finally:
-                del self._backing_off[stream_id]
+
+    async def _back_off(self, stream_id: str, attempt: int, exc: ObjectStorageError) -> bool:
+        """Say why the job waits for the store, and wait (doubling); False if the row is gone."""
+        assert self._store is not None
+        s = self._store.settings
+        delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
+        reason = (
+            f"waiting for object storage: {exc.reason} "
+            f"(attempt {attempt} of {s.upload_attempts}; next in {delay:.0f} s)"
+        )
+        log.warning("stream=%s %s", stream_id, reason, extra={"stream_id": stream_id})
+        if not await self._set_reason(stream_id, reason):
+            return False
+        wake = self._backing_off[stream_id] = asyncio.Event()
+        try:
+            # POST .../retry sets it: "the store is back, try now".
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+        finally:
+            del self._backing_off[stream_id]
+        return True
 
     async def _set_reason(self, stream_id: str, reason: str) -> bool:
         async with self._sessions() as session:
@@ -481,6 +604,7 @@ class RecordingService:
 
     async def _delete_objects(self, stream_id: str, *, required: bool) -> None:
         assert self._store is not None
+        await self._drop_live(stream_id, required=required)  # left there if the store refused once
         try:
             await self._store.delete([self._store.key(stream_id, name) for name in FILES])
         except ObjectStorageError as exc:

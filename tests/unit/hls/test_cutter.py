@@ -10,6 +10,7 @@ from tests.unit.hls.conftest import make_fmp4
 from tests.unit.hls.helpers import split
 
 from streamplat.hls.cutter import Cutter, CutterError, Segment, ceil_ms
+from streamplat.hls.playlist import check_playlist, render_live
 
 
 def run_all(cutter: Cutter, data: bytes, start: float = 1000.0) -> list[Segment]:
@@ -127,3 +128,107 @@ def test_ceil_ms() -> None:
     assert ceil_ms(0.2) == 0.2
     assert ceil_ms(0.2002) == 0.201
     assert ceil_ms(0.208333) == 0.209
+
+
+# --- rule 8: a run's early first segment ------------------------------------------------------
+
+
+def early(**kw: float) -> Cutter:
+    return Cutter(first_segment_seconds=0.2, part_seconds=0.2, **kw)  # the shipped defaults
+
+
+def test_early_first_segment_is_one_part_and_fixes_td_and_part_target(fmp4_av: bytes) -> None:
+    cutter = early(segment_seconds=1.0)
+    ftyp, moov, pairs = split(fmp4_av)
+    cutter.start_run(ftyp, moov)
+    cuts = [cutter.add_fragment(moof, mdat, 1000.0 + 0.2 * i) for i, (moof, mdat) in enumerate(pairs)]
+    first = next(c.closed for c in cuts if c.closed is not None)
+    # closed with the first fragment: the stream is playable as soon as there is a part
+    assert cuts[0].closed is first and first.msn == 0 and cuts[0].part is first.parts[0]
+    assert [p.number for p in first.parts] == [0] and first.independent and first.closed
+    assert first.duration == pytest.approx(0.2, abs=0.002)
+    # TD is round(segment_seconds), not round(0.2); PART-TARGET is already the part length
+    assert cutter.target_duration == 1
+    assert cutter.part_target == pytest.approx(0.2, abs=0.001)
+    segments = [c.closed for c in cuts if c.closed is not None]
+    last = cutter.end_run()
+    assert last is not None
+    segments.append(last)
+    # the rest of the first GOP closes at the next keyframe; from then on whole GOPs
+    assert [s.msn for s in segments] == [0, 1, 2]
+    assert segments[1].duration == pytest.approx(0.8, abs=0.01) and not segments[1].independent
+    assert segments[2].independent and segments[2].duration == pytest.approx(1.0, abs=0.01)
+    assert segments[1].media_start == pytest.approx(first.duration)
+    assert sum(s.duration for s in segments) == pytest.approx(2.0, abs=0.05)
+    numbers = [p.number for s in segments for p in s.parts]
+    assert numbers == list(range(len(pairs)))
+    assert cutter.part_target == pytest.approx(0.2, abs=0.001)  # did not grow afterwards
+
+
+def test_early_first_segment_keeps_td_at_the_segment_length(fmp4_av: bytes, fmp4_gop45: bytes) -> None:
+    # a longer segment target: the 0.2 s first segment must not shrink TD to 1
+    cutter = early(segment_seconds=2.0)
+    segments = run_all(cutter, fmp4_av)
+    assert segments[0].duration == pytest.approx(0.2, abs=0.002)
+    assert cutter.target_duration == 2
+    # a GOP (1.5 s) longer than the segment target: TD no longer follows it (it would be 2
+    # without rule 8); segments are cut so that EXTINF never rounds above TD
+    cutter = early(segment_seconds=1.0)
+    segments = run_all(cutter, fmp4_gop45)
+    assert cutter.target_duration == 1
+    assert all(round(s.duration) <= 1 for s in segments)
+    assert sum(s.duration for s in segments) == pytest.approx(3.0, abs=0.05)
+
+
+def test_every_run_gets_an_early_first_segment(fmp4_av: bytes) -> None:
+    cutter = early()
+    first = run_all(cutter, fmp4_av)
+    second = run_all(cutter, fmp4_av)
+    assert [len(s.parts) for s in (first[0], second[0])] == [1, 1]
+    assert second[0].msn == first[-1].msn + 1
+    assert {s.dsn for s in first} == {0} and {s.dsn for s in second} == {1}
+
+
+def test_early_first_segment_playlists_pass_the_checker(fmp4_av: bytes) -> None:
+    cutter = early()
+    ftyp, moov, pairs = split(fmp4_av)
+    cutter.start_run(ftyp, moov)
+    closed: list[Segment] = []
+    facts = None
+    for i, (moof, mdat) in enumerate(pairs):
+        cut = cutter.add_fragment(moof, mdat, 1000.0 + 0.2 * i)
+        if cut.closed is not None:
+            closed.append(cut.closed)
+        if closed:
+            assert cutter.target_duration is not None
+            text = render_live(
+                closed,
+                cutter.open,
+                target_duration=cutter.target_duration,
+                part_target=cutter.part_target,
+                hint=f"part_1_{cutter.next_part}.m4s",
+                ended=False,
+            ).decode()
+            facts = check_playlist(text, facts)
+    assert facts is not None and facts.segments == len(closed) >= 2
+    assert facts.part_target == pytest.approx(0.2) and facts.target_duration == 1
+    # the legacy playlist (ingest.low_latency = false) of the same window: segments only
+    assert cutter.target_duration is not None
+    legacy = render_live(
+        closed[:1],
+        None,
+        target_duration=cutter.target_duration,
+        part_target=0.2,
+        hint=None,
+        ended=False,
+        low_latency=False,
+    ).decode()
+    assert check_playlist(legacy).segments == 1 and "#EXT-X-PART" not in legacy
+    assert "#EXTINF:0.20000," in legacy.splitlines()
+
+
+def test_first_segment_seconds_is_checked() -> None:
+    with pytest.raises(ValueError, match="first_segment_seconds"):
+        Cutter(segment_seconds=1.0, first_segment_seconds=1.5)
+    with pytest.raises(ValueError, match="first_segment_seconds"):
+        Cutter(first_segment_seconds=-0.2)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from tests.support.fmp4 import make_fmp4_run
-from tests.unit.vod.conftest import HD_RUN_SECONDS, Fmp4Runs
+from tests.unit.hls.helpers import split
+from tests.unit.vod.conftest import FIRST_RUN_SECONDS, HD_RUN_SECONDS, Fmp4Runs
 from tests.unit.vod.test_packaging import (
     _assert_only_final_files,
     _decode,
@@ -22,6 +23,8 @@ from tests.unit.vod.test_packaging import (
     _video_timestamps,
 )
 
+from streamplat.hls.cutter import Cutter
+from streamplat.hls.disk import DiskWriter, scan
 from streamplat.vod import packaging
 from streamplat.vod.packaging import (
     PackagingError,
@@ -457,3 +460,41 @@ async def test_a_moov_too_big_for_its_reserve_falls_back_to_faststart(
     decoded = _decode(ffmpeg, recording.video_path)
     assert (decoded.returncode, decoded.stderr) == (0, "")
     _assert_only_final_files(out_dir)
+
+
+@pytest.mark.asyncio
+async def test_a_run_cut_with_an_early_first_segment_keeps_every_frame(
+    ffmpeg: str, fmp4_runs: Fmp4Runs, tmp_path: Path, out_dir: Path
+) -> None:
+    """ingest.first_segment_seconds: the packager's own cutter closes the run's first segment
+    after one 0.2 s part and the next at the following keyframe (mid-GOP start); the disk
+    writer records them as live; the recording still has the run's full length and frames."""
+    source = sorted(_segments(fmp4_runs.first, 1), key=lambda p: int(p.stem.split("_")[2]))
+    fmp4 = (fmp4_runs.first / "init_1.mp4").read_bytes() + b"".join(p.read_bytes() for p in source)
+    ftyp, moov, pairs = split(fmp4)
+    media_dir = tmp_path / "early"
+    writer = DiskWriter(media_dir, scan(media_dir))
+    cutter = Cutter(segment_seconds=1.0, first_segment_seconds=0.2, part_seconds=0.2)
+    writer.write_init(cutter.start_run(ftyp, moov).run, ftyp + moov)
+    closed = []
+    for i, (moof, mdat) in enumerate(pairs):
+        if (segment := cutter.add_fragment(moof, mdat, 1000.0 + 0.2 * i).closed) is not None:
+            closed.append(segment)
+    if (segment := cutter.end_run()) is not None:
+        closed.append(segment)
+    for segment in closed:
+        assert cutter.target_duration is not None
+        writer.write_segment(segment.run, segment.msn, segment.data, segment.duration, cutter.target_duration)
+    writer.finish()
+    writer.close()
+    assert writer.failed is None
+    assert closed[0].duration == pytest.approx(0.2, abs=0.002) and not closed[1].independent
+    assert len(closed) == int(FIRST_RUN_SECONDS) + 1  # one more segment than GOPs
+
+    recording = await package_recording(ffmpeg, media_dir, out_dir)
+
+    assert recording.duration_seconds == pytest.approx(FIRST_RUN_SECONDS, abs=0.2)
+    assert recording.duration_seconds == pytest.approx(sum(s.duration for s in closed), abs=0.1)
+    assert len(_video_timestamps(ffmpeg, recording.video_path)) == FIRST_RUN_SECONDS * 30  # every frame
+    decoded = _decode(ffmpeg, recording.video_path)
+    assert (decoded.returncode, decoded.stderr) == (0, "")

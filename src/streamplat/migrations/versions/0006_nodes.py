@@ -25,6 +25,9 @@ def upgrade() -> None:
         # host name and data directory of the process that holds the row: a restart on the same
         # data directory (whose lock proves the previous holder is gone) takes the row back at once.
         sa.Column("instance", sa.Text(), nullable=False),
+        # Random per process: a heartbeat only counts for the process that joined last, so two
+        # processes with one node_id (a cloned data directory) cannot both pass for the node.
+        sa.Column("incarnation", sa.String(32), nullable=False),
         sa.Column("version", sa.String(32), nullable=False),
         sa.Column("schema_revision", sa.String(64), nullable=False),
         # HMAC of a constant under the JWT secret: tells two secrets apart, never reveals one.

@@ -53,10 +53,12 @@ export async function playLive(video, url, { onFatal = () => {}, onPlaying = () 
   video.addEventListener('playing', onPlaying);
   if (Hls && Hls.isSupported()) {
     const hls = new Hls({
-      // LL-HLS: hls.js loads parts and keeps PART-HOLD-BACK (3 parts, 0.6 s) behind the live
-      // edge; about 1.3 s glass to glass. No liveSync* setting here: any of them makes hls.js
-      // ignore PART-HOLD-BACK and sit 3 segments behind. After a stall it may play up to 1.5x
-      // to win back the latency it lost (the default, 1, never catches up).
+      // LL-HLS: hls.js loads parts and aims at PART-HOLD-BACK (3 parts, 0.6 s) behind the live
+      // edge, but it fixes its start position at the first playlist and then spends 0.5-1 s
+      // starting (init, parts, transmuxer, seek), all of which it keeps at the default rate
+      // of 1. Up to 1.5x it wins that back (and what a stall costs) while more than 1 s is
+      // buffered (docs/design/ll-hls.md §3.13). No liveSync* setting here: any of them makes
+      // hls.js ignore PART-HOLD-BACK and sit 3 segments behind.
       lowLatencyMode: true,
       maxLiveSyncPlaybackRate: 1.5,
       backBufferLength: 30,
