@@ -53,6 +53,7 @@ bench: $(STAMP) ## run the benchmarks (print numbers; slow)
 	$(BIN)/python bench/object_storage.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/ws_redis.py
+	$(BIN)/python bench/nodes.py  # needs: PostgreSQL at TEST_PG_URL
 	$(BIN)/python bench/llhls.py  # needs: apt-get install chromium nginx-light wrk
 	$(BIN)/python bench/edge.py  # needs: apt-get install nginx-light wrk
 

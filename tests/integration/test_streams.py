@@ -17,6 +17,9 @@ from tests.support.server import ServerProcess, running_server
 LIVE_ENV = {
     "STREAMPLAT_INGEST__SEGMENT_SECONDS": "1",
     "STREAMPLAT_INGEST__RECONNECT_WINDOW_SECONDS": "60",
+    # The suite loads both cores; at the default 120 ms a stalled process lets SRT drop late
+    # packets, and a recording that must decode without one error then holds a damaged frame.
+    "STREAMPLAT_INGEST__SRT_LATENCY_MS": "400",
 }
 
 
