@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -11,9 +12,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.enums import HttpMethod
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
@@ -134,6 +138,27 @@ class RequestContext:
                     extra={"service": self.service},
                 )
             request_id_var.reset(token)
+
+
+class Route(HTTPRouteHandler):
+    """An HTTP route handler whose guards are handed the handler itself.
+
+    Litestar hands every guard a `copy()` of the handler, so that a guard cannot change it: 9 %
+    of a cached GET /api/streams/{id} (py-spy). The guards of auth.guards never look at it.
+    Use it through `get`, `post`, `patch` and `delete` below, which are Litestar's decorators
+    of the same names (the same defaults: the status code follows the method) on this class.
+    """
+
+    async def authorize_connection(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+        """Run every guard in scope (from the app down to this handler), in order."""
+        for guard in self.resolve_guards():
+            await guard(connection, self)  # type: ignore[misc]  # resolve_guards() made them async
+
+
+get = functools.partial(Route, http_method=HttpMethod.GET)
+post = functools.partial(Route, http_method=HttpMethod.POST)
+patch = functools.partial(Route, http_method=HttpMethod.PATCH)
+delete = functools.partial(Route, http_method=HttpMethod.DELETE)
 
 
 class HealthOut(msgspec.Struct, omit_defaults=True):

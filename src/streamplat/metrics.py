@@ -81,6 +81,8 @@ class PlatformMetrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        # (service, route template, method, status) -> that request's counter and histogram.
+        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self._restarts = Counter(
             "streamplat_ingest_ffmpeg_restarts",
             "FFmpeg SRT listeners started again for a live stream (after a drop or a failure).",
@@ -149,8 +151,18 @@ class PlatformMetrics:
     def observe_request(self, service: str, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered HTTP request."""
         method = method if method in METHODS else "other"
-        self._http_requests.labels(service, route, method, str(status)).inc()
-        self._http_duration.labels(service, route, method).observe(seconds)
+        key = (service, route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # labels() hashes and validates its values on every call (py-spy: 2-4 % of a cached
+            # API request); the few (route, method, status) combinations are remembered instead.
+            children = (
+                self._http_requests.labels(service, route, method, str(status)),
+                self._http_duration.labels(service, route, method),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def websocket_opened(self) -> None:
         """A WebSocket client was accepted."""

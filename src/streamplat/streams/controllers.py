@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from litestar import Request, Response, Router, delete, get, post
+from litestar import Request, Response, Router
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, PathParameter
 
 from streamplat.auth import Principal, provide_principal, requires_login, requires_role
 from streamplat.errors import NotFound, responses
+from streamplat.http import delete, get, post
 from streamplat.httpfiles import file_response, file_responses
 from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams.schemas import (
