@@ -3,6 +3,7 @@
 from streamplat.auth.guards import (
     authenticate,
     bearer_token,
+    guarded_caller,
     optional_principal,
     provide_principal,
     requires_login,
@@ -19,6 +20,7 @@ __all__ = [
     "User",
     "authenticate",
     "bearer_token",
+    "guarded_caller",
     "optional_principal",
     "provide_principal",
     "requires_login",
