@@ -14,6 +14,9 @@ Measured, in this order, each run for --seconds with --connections keep-alive co
   3. `GET /health` on the main port                      (ratio to 1)
   4. --logins parallel logins for --login-seconds, while one connection polls `GET /health`
      50 times a second: logins per second and /health p50/p99 during the burst.
+Beside req/s, runs 1-3 print the serving process's CPU time per request (all its threads, from
+/proc) and the ratio of the bare app's to it: on a busy box req/s moves with what else runs,
+CPU per request hardly does, so that ratio is the one to compare between runs at different load.
 Then the same API on PostgreSQL vs on SQLite (skipped with a note when PostgreSQL at --pg-url
 does not answer): two streamplat servers, one per database, both with the read caches off
 (auth.principal_cache_seconds = server.read_cache_seconds = 0, so every request queries the
@@ -126,6 +129,17 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # CPU time (all threads) the serving process spent per request during the run: unlike
+    # req/s, it hardly moves with what else the box runs, so it is the figure to compare when
+    # the load average is high.
+    server_cpu_us: float | None = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -162,6 +176,7 @@ def _parse_wrk(out: str, seconds: float) -> WrkResult:
         p50_ms=_ms(percentiles["50"]),
         p99_ms=_ms(percentiles["99"]),
         errors=errors,
+        requests=total,
     )
 
 
@@ -177,11 +192,22 @@ def wrk_args(
     return [*argv, url]
 
 
-def run_wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None) -> WrkResult:
+def run_wrk(
+    url: str,
+    seconds: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
+    server_pid: int | None = None,
+) -> WrkResult:
+    """One wrk run; with `server_pid`, also that process's CPU time per request."""
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     out = subprocess.run(
         wrk_args(url, seconds, connections, headers or {}), capture_output=True, text=True, check=True
     ).stdout
-    return parse_wrk(out, seconds)
+    result = parse_wrk(out, seconds)
+    if server_pid and result.requests:
+        result.server_cpu_us = (cpu_seconds(server_pid) - cpu_before) / result.requests * 1e6
+    return result
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -294,11 +320,12 @@ def bench_request_path(args: argparse.Namespace) -> int:
         print(f"wrk: {c} connections, {secs:.0f} s per run; {burst}")
         print(f"streamplat: {stack_line(log)}", flush=True)
         results: dict[str, WrkResult] = {}
-        results["bare"] = run_wrk(bare, secs, c)
+        server, bare_server = procs[0].pid, procs[1].pid
+        results["bare"] = run_wrk(bare, secs, c, server_pid=bare_server)
         print(f"  bare done: {results['bare'].requests_per_second:.0f} req/s", flush=True)
-        results["api"] = run_wrk(api_url, secs, c, {"Authorization": f"Bearer {token}"})
+        results["api"] = run_wrk(api_url, secs, c, {"Authorization": f"Bearer {token}"}, server)
         print(f"  api done: {results['api'].requests_per_second:.0f} req/s", flush=True)
-        results["health"] = run_wrk(f"{main_url}/health", secs, c)
+        results["health"] = run_wrk(f"{main_url}/health", secs, c, server_pid=server)
         print(f"  health done: {results['health'].requests_per_second:.0f} req/s", flush=True)
         results["logins"], results["health_during_logins"] = login_burst(
             tmp, f"{auth}/auth/login", f"{main_url}/health", user, args.logins, args.login_seconds
@@ -529,41 +556,48 @@ def poll(url: str, seconds: float, interval: float) -> WrkResult:
 
 
 def report(r: dict[str, WrkResult], args: argparse.Namespace) -> None:
-    bare = r["bare"].requests_per_second
+    bare = r["bare"]
+
+    def ratios(res: WrkResult) -> tuple[str, str]:
+        """(req/s ratio to bare, CPU-per-request ratio: bare's CPU per request / this one's)."""
+        cpu = ""
+        if res.server_cpu_us and bare.server_cpu_us:
+            cpu = f"{bare.server_cpu_us / res.server_cpu_us:.2f}"
+        return f"{res.requests_per_second / bare.requests_per_second:.2f}", cpu
+
     rows = [
-        ("bare Litestar GET /", r["bare"], "1.00", ""),
+        ("bare Litestar GET /", bare, ("1.00", "1.00"), ""),
         (
             "GET /api/streams/{id} (Bearer)",
             r["api"],
-            f"{r['api'].requests_per_second / bare:.2f}",
+            ratios(r["api"]),
             f">= {GOALS['api_ratio']}x, p99 < {GOALS['api_p99_ms']:.0f} ms",
         ),
-        (
-            "GET /health (main)",
-            r["health"],
-            f"{r['health'].requests_per_second / bare:.2f}",
-            f">= {GOALS['health_ratio']}x",
-        ),
+        ("GET /health (main)", r["health"], ratios(r["health"]), f">= {GOALS['health_ratio']}x"),
         (
             f"POST /auth/login x{args.logins}",
             r["logins"],
-            "",
+            ("", ""),
             f">= {GOALS['logins_per_second']:.0f} logins/s (2xx)",
         ),
         (
             "GET /health during logins (50/s poll)",
             r["health_during_logins"],
-            "",
+            ("", ""),
             f"p99 < {GOALS['health_p99_during_logins_ms']:.0f} ms",
         ),
     ]
     print()
-    print("| measure | req/s | 2xx/s | p50 ms | p99 ms | errors | ratio to bare | goal |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, res, ratio, goal in rows:
+    print(
+        "| measure | req/s | 2xx/s | p50 ms | p99 ms | errors | server CPU us/req "
+        "| ratio to bare (req/s) | ratio to bare (CPU/req) | goal |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, res, (ratio, cpu_ratio), goal in rows:
+        cpu = f"{res.server_cpu_us:.0f}" if res.server_cpu_us else ""
         print(
             f"| {name} | {res.requests_per_second:.0f} | {res.ok_per_second:.1f} | {res.p50_ms:.1f} | "
-            f"{res.p99_ms:.1f} | {res.errors} | {ratio} | {goal} |"
+            f"{res.p99_ms:.1f} | {res.errors} | {cpu} | {ratio} | {cpu_ratio} | {goal} |"
         )
 
 

@@ -50,7 +50,7 @@ from streamplat.nodes import (
 )
 from streamplat.realtime import RealtimeHub, events_socket
 from streamplat.streams import PortPool, StreamService, ViewerTracker
-from streamplat.streams.controllers import main_stream_router, stream_app_router
+from streamplat.streams.controllers import StreamDetailFastPath, main_stream_router, stream_app_router
 from streamplat.streams.viewers import ViewerCounter, viewer_key
 from streamplat.vod import RecordingService
 from streamplat.vod.controllers import vod_router
@@ -422,6 +422,10 @@ def build_apps(platform: Platform) -> dict[str, Litestar]:
         name: build_app(service=SERVICES[name], title=title, route_handlers=handlers, **common)
         for name, (title, handlers) in routes.items()
     }
+    # The most polled API call, in front of the Main App's routes, inside its RequestContext.
+    main_context = apps["main"].asgi_handler
+    assert isinstance(main_context, RequestContext)
+    main_context.app = StreamDetailFastPath(main_context.app, platform.streams, platform.auth)
     # Live HLS from memory, in front of the Stream App's routes but inside its request-id,
     # access-log and metrics wrapper (design §3.7).
     stream_app = apps["stream"]

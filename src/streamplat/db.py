@@ -35,7 +35,18 @@ def isoformat(value: dt.datetime | None) -> str | None:
     """Format a timestamp as the spec does: `2025-09-26T01:00:00Z`."""
     if value is None:
         return None
-    return value.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    # %-formatting of the fields: a fifth of astimezone + replace + strftime's cost, and every
+    # stream in an API answer has up to three of these (py-spy: 4 % of a cached GET /api/streams/{id}).
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+    )
 
 
 # Ids, foreign keys and byte counts: 64-bit everywhere, as the API's parameters allow (params.py).

@@ -337,6 +337,60 @@ def test_owner_and_role_matrix(server: ServerProcess) -> None:
     assert_error(server.main.get(f"/api/streams/{sid}", headers=bearer(owner)), 404)
 
 
+def test_stream_detail_fast_path_answers_as_the_route(server: ServerProcess) -> None:
+    # Without an Origin, GET /api/streams/{id} is answered in front of Litestar
+    # (StreamDetailFastPath); with one, by the Litestar route (for CORS). Same answers for all.
+    from tests.integration.test_auth import create_admin
+    from tests.integration.test_metrics import scrape
+
+    owner, other = server.user_token("fastowner"), server.user_token("fastother")
+    viewer, admin = server.user_token("fastviewer", "viewer"), create_admin(server, "fastadmin")
+    sid = create(server, owner, title="Fast", description="both ways")["stream_id"]
+    origin = {"Origin": "http://localhost:3000"}
+    counted = (
+        "streamplat_http_requests_total",
+        frozenset(
+            {
+                "service": "main-app",
+                "route": "/api/streams/{stream_id}",
+                "method": "GET",
+                "status": "200",
+            }.items()
+        ),
+    )
+    before = scrape(server).get(counted, 0.0)
+    for token in (owner, other, viewer, admin):
+        fast = server.main.get(f"/api/streams/{sid}", headers=bearer(token))
+        routed = server.main.get(f"/api/streams/{sid}", headers={**bearer(token), **origin})
+        assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+        assert fast.json() == routed.json()
+        assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        assert fast.headers["x-request-id"] and "access-control-allow-origin" not in fast.headers
+        assert "access-control-allow-origin" in routed.headers
+    assert [
+        server.main.get(f"/api/streams/{sid}", headers=bearer(t)).json()["stream_key"] is None
+        for t in (owner, other, viewer, admin)
+    ] == [False, True, True, False]
+    assert scrape(server)[counted] == before + 12  # counted under the route, whichever way answered
+    # Failures are the route's own answers.
+    gone = "00000000-0000-4000-8000-000000000000"
+    for path, headers, status in (
+        (f"/api/streams/{sid}", {}, 401),
+        (f"/api/streams/{sid}", bearer("garbage"), 401),
+        (f"/api/streams/{sid}", {"Authorization": f"Basic {owner}"}, 401),
+        (f"/api/streams/{gone}", bearer(owner), 404),
+        ("/api/streams/not-a-uuid", bearer(owner), 404),
+    ):
+        fast = server.main.get(path, headers=headers)
+        routed = server.main.get(path, headers={**headers, **origin})
+        assert assert_error(fast, status) == assert_error(routed, status)
+    assert server.main.get("/api/streams/live", headers=bearer(owner)).status_code == 200
+    assert (
+        server.main.head(f"/api/streams/{sid}", headers=bearer(owner)).status_code
+        == server.main.head(f"/api/streams/{sid}", headers={**bearer(owner), **origin}).status_code
+    )
+
+
 def test_create_validation_and_list_filters(server: ServerProcess) -> None:
     token = server.user_token("validator")
     body = assert_error(

@@ -49,3 +49,15 @@ def test_database_urls_are_shown_without_their_password() -> None:
     shown = display_url("postgresql+asyncpg://streamplat:hunter2@db.example.com:6432/sp")
     assert "hunter2" not in shown and "db.example.com:6432" in shown and "***" in shown
     assert display_url("sqlite+aiosqlite:///data/streamplat.db") == "sqlite+aiosqlite:///data/streamplat.db"
+
+
+def test_isoformat_is_utc_to_the_second() -> None:
+    import datetime as dt
+
+    from streamplat.db import isoformat
+
+    paris = dt.timezone(dt.timedelta(hours=2))
+    assert isoformat(None) is None
+    assert isoformat(dt.datetime(2025, 9, 26, 1, 0, 0, 999_999, tzinfo=dt.UTC)) == "2025-09-26T01:00:00Z"
+    assert isoformat(dt.datetime(2025, 1, 1, 1, 2, 3, tzinfo=paris)) == "2024-12-31T23:02:03Z"
+    assert isoformat(dt.datetime(999, 3, 4, 5, 6, 7, tzinfo=dt.UTC)) == "0999-03-04T05:06:07Z"

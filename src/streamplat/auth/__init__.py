@@ -3,6 +3,8 @@
 from streamplat.auth.guards import (
     authenticate,
     bearer_token,
+    guarded_caller,
+    header_bearer_token,
     optional_principal,
     provide_principal,
     requires_login,
@@ -19,6 +21,8 @@ __all__ = [
     "User",
     "authenticate",
     "bearer_token",
+    "guarded_caller",
+    "header_bearer_token",
     "optional_principal",
     "provide_principal",
     "requires_login",

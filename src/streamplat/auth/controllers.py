@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Router, get, patch, post
+from litestar import Request, Router
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody
 
@@ -26,6 +26,7 @@ from streamplat.auth.schemas import (
 )
 from streamplat.auth.services import AuthService
 from streamplat.errors import RateLimited, responses
+from streamplat.http import get, patch, post
 from streamplat.params import Limit, Offset, UserIdPath
 from streamplat.validation import ValidatedBody
 

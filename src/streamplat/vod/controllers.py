@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import MediaType, Request, Response, Router, delete, get, post, route
+from litestar import MediaType, Request, Response, Router, route
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
@@ -12,6 +12,7 @@ from litestar.response import Redirect
 
 from streamplat.auth import Principal, optional_principal, provide_principal, requires_login
 from streamplat.errors import NotFound, responses
+from streamplat.http import delete, get, post
 from streamplat.httpfiles import file_response, file_responses
 from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams import is_stream_id
