@@ -45,6 +45,7 @@ from streamplat.nodes import (
     NodesCollector,
     internal_token,
     load_or_create_node_id,
+    refuse_migration_beside_nodes,
     secret_fingerprint,
     stream_url_of,
 )
@@ -123,7 +124,14 @@ class Platform:
         self.engine = create_engine(s.database_url)
         self._stack.push_async_callback(self.engine.dispose)
         await ensure_reachable(self.engine)  # DatabaseUnreachable names the host, not a traceback
-        await migrate(self.engine)  # SchemaNewer when another node's newer code migrated past us
+        # MigrationBlocked while other nodes run on an older schema; SchemaNewer when another
+        # node's newer code migrated past us.
+        await refuse_migration_beside_nodes(
+            self.engine,
+            own_node_id=load_or_create_node_id(s.cluster.node_id, s.data_path),
+            timeout_seconds=s.cluster.node_timeout_seconds,
+        )
+        await migrate(self.engine)
         self.sessions = session_factory(self.engine)
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
         passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)

@@ -47,7 +47,7 @@ class _SchemaBehind(Exception):
     """A server runs on the data directory and the schema is not the one this code expects."""
 
 
-async def _schema_ready(engine: AsyncEngine, alone: bool, data_dir: Path) -> bool:
+async def _schema_ready(engine: AsyncEngine, alone: bool, settings: Settings) -> bool:
     """Bring the schema up to date when no server runs; beside a server, only check it.
 
     Migrating under a running server of the same version is a no-op, and under a server of
@@ -56,7 +56,9 @@ async def _schema_ready(engine: AsyncEngine, alone: bool, data_dir: Path) -> boo
     """
     from streamplat import datadir
     from streamplat.db import migrate, schema_revisions
+    from streamplat.nodes import known_node_id, refuse_migration_beside_nodes
 
+    data_dir = settings.data_path
     current, head = await schema_revisions(engine)
     if current == head:
         return False
@@ -66,6 +68,11 @@ async def _schema_ready(engine: AsyncEngine, alone: bool, data_dir: Path) -> boo
             f"{head}, and a server runs on {data_dir} ({datadir.holder(data_dir)}): stop it, run "
             "`streamplat migrate`, then start it again"
         )
+    await refuse_migration_beside_nodes(
+        engine,
+        own_node_id=known_node_id(settings.cluster.node_id, data_dir),
+        timeout_seconds=settings.cluster.node_timeout_seconds,
+    )
     await migrate(engine)
     return True
 
@@ -90,7 +97,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
         passwords = PasswordHashing(settings.auth.password_hash_threads)
         try:
             await ensure_reachable(engine)
-            await _schema_ready(engine, alone, settings.data_path)
+            await _schema_ready(engine, alone, settings)
             # create_admin issues no token: a throwaway key keeps the server's secret file out of it.
             tokens = TokenIssuer(secrets.token_urlsafe(48), settings.auth.access_token_ttl_seconds)
             auth = AuthService(
@@ -120,6 +127,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
 def _cmd_create_admin(args: argparse.Namespace) -> int:
     from streamplat.db import DatabaseUnreachable, SchemaNewer
     from streamplat.errors import DomainError, ValidationFailed
+    from streamplat.nodes import MigrationBlocked
 
     settings = _settings(args)
     password = args.password or os.environ.get("STREAMPLAT_ADMIN_PASSWORD")
@@ -131,7 +139,14 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
         for field, messages in exc.details.items():
             print(f"streamplat: {field}: {', '.join(messages)}", file=sys.stderr)
         return 2
-    except (DomainError, ValueError, _SchemaBehind, SchemaNewer, DatabaseUnreachable) as exc:
+    except (
+        DomainError,
+        ValueError,
+        _SchemaBehind,
+        SchemaNewer,
+        DatabaseUnreachable,
+        MigrationBlocked,
+    ) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -140,6 +155,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from streamplat import datadir
     from streamplat.db import DatabaseUnreachable, SchemaNewer, create_engine, display_url, ensure_reachable
+    from streamplat.nodes import MigrationBlocked
 
     settings = _settings(args)
 
@@ -148,13 +164,13 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             engine = create_engine(settings.database_url)
             try:
                 await ensure_reachable(engine)
-                return await _schema_ready(engine, alone, settings.data_path)
+                return await _schema_ready(engine, alone, settings)
             finally:
                 await engine.dispose()
 
     try:
         migrated = asyncio.run(run())
-    except (_SchemaBehind, SchemaNewer, DatabaseUnreachable) as exc:
+    except (_SchemaBehind, SchemaNewer, DatabaseUnreachable, MigrationBlocked) as exc:
         print(f"streamplat: {exc}", file=sys.stderr)
         return 1
     verb = "migrated; it is now up to date" if migrated else "is up to date"

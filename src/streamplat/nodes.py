@@ -43,11 +43,11 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import String, Text, delete, func, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from streamplat import __version__
-from streamplat.db import Base, UTCDateTime, utcnow
+from streamplat.db import Base, UTCDateTime, schema_revisions, session_factory, utcnow
 from streamplat.events import EventBus, StreamChanged, StreamStatusChanged
 from streamplat.streams.models import LIVE_STATUSES, Stream
 from streamplat.streams.schemas import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
@@ -109,15 +109,21 @@ Recover = Callable[[AsyncSession, str, str], Awaitable[Callable[[], Awaitable[No
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def load_or_create_node_id(configured: str, data_dir: Path) -> str:
-    """`configured` if set, else the id kept in `<data_dir>/node_id` (written once: host name + random)."""
+def known_node_id(configured: str, data_dir: Path) -> str:
+    """`configured` if set, else the id kept in `<data_dir>/node_id`, else "" (writes nothing)."""
     if configured:
         return configured
-    path = data_dir / NODE_ID_FILE
     with contextlib.suppress(FileNotFoundError):
-        kept = path.read_text(encoding="utf-8").strip()
-        if kept:
-            return kept
+        return (data_dir / NODE_ID_FILE).read_text(encoding="utf-8").strip()
+    return ""
+
+
+def load_or_create_node_id(configured: str, data_dir: Path) -> str:
+    """`configured` if set, else the id kept in `<data_dir>/node_id` (written once: host name + random)."""
+    kept = known_node_id(configured, data_dir)
+    if kept:
+        return kept
+    path = data_dir / NODE_ID_FILE
     host = _NOT_ID.sub("-", socket.gethostname()).strip("-._")[:40] or "node"
     node_id = f"{host}-{secrets.token_hex(4)}"
     tmp = path.with_suffix(".tmp")
@@ -204,6 +210,48 @@ async def list_nodes(sessions: async_sessionmaker[AsyncSession], timeout_seconds
             )
         )
     return states
+
+
+class MigrationBlocked(ClusterMismatch):
+    """Other nodes still run on the database a migration would change under them."""
+
+
+async def refuse_migration_beside_nodes(
+    engine: AsyncEngine, *, own_node_id: str, timeout_seconds: float
+) -> None:
+    """Before migrating a shared database: raise MigrationBlocked if another node is alive on it.
+
+    A node keeps running its own code against the tables it started with; a newer node's
+    migration would change them behind its back. Nothing to check when the schema is up to date
+    (no migration) or older than the nodes table. Reads only the columns 0006 made, so an older
+    schema never fails the check itself.
+    """
+    current, head = await schema_revisions(engine)
+    # Revisions are numbered (0006_nodes): nothing to migrate when the database is at or past this
+    # code's head (past it, migrate() refuses with SchemaNewer), no nodes table before 0006.
+    if current is None or head is None or current[:4] >= head[:4] or current < "0006":
+        return
+    async with session_factory(engine)() as session:
+        now = await db_clock(session)
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT node_id, heartbeat_at FROM nodes WHERE left_at IS NULL AND claimed_by IS NULL"
+                ).columns(node_id=String(), heartbeat_at=UTCDateTime())
+            )
+        ).all()
+    alive = sorted(
+        node_id
+        for node_id, beat in rows
+        if node_id != own_node_id and (now - beat).total_seconds() <= timeout_seconds
+    )
+    if alive:
+        raise MigrationBlocked(
+            f"the database schema is at revision {current} but this streamplat needs {head}, and "
+            f"{len(alive)} other node(s) still run on it: {', '.join(alive)}. Migrating would change "
+            "their tables under them: stop them (`streamplat nodes` lists them), start this node "
+            "(it migrates), then start them again with this version"
+        )
 
 
 # --- the registry --------------------------------------------------------------------------

@@ -22,11 +22,13 @@ from streamplat.db import SchemaNewer, create_engine, migrate, session_factory, 
 from streamplat.events import Event, EventBus, StreamEnded, StreamStatusChanged
 from streamplat.nodes import (
     ClusterMismatch,
+    MigrationBlocked,
     Node,
     NodeInfo,
     NodeRegistry,
     NodesCollector,
     load_or_create_node_id,
+    refuse_migration_beside_nodes,
     secret_fingerprint,
     stream_url_of,
 )
@@ -280,6 +282,25 @@ async def test_a_schema_newer_than_the_code_is_refused(engines: list[AsyncEngine
         await conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
     with pytest.raises(SchemaNewer, match="'0099_from_the_future', newer than this code"):
         await migrate(engines[1])
+
+
+async def test_a_migration_is_refused_while_other_nodes_run_on_the_older_schema(
+    engines: list[AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This code's head is 0006; a newer release's would be 0007: stand in for it.
+    async def newer_code(engine: AsyncEngine) -> tuple[str, str]:
+        return "0006_nodes", "0007_next"
+
+    monkeypatch.setattr("streamplat.nodes.schema_revisions", newer_code)
+    async with registry(engines[0], "node-a"):
+        with pytest.raises(
+            MigrationBlocked, match=r"needs 0007_next, and 1 other node\(s\) still run on it: node-a"
+        ):
+            await refuse_migration_beside_nodes(engines[1], own_node_id="node-b", timeout_seconds=10)
+        # The node's own earlier row (a restart in place) does not block it.
+        await refuse_migration_beside_nodes(engines[1], own_node_id="node-a", timeout_seconds=10)
+    # node-a left: nothing runs on the old schema any more.
+    await refuse_migration_beside_nodes(engines[1], own_node_id="node-b", timeout_seconds=10)
 
 
 def test_node_id_is_generated_once_and_kept(tmp_path: Path) -> None:
