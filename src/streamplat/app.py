@@ -126,10 +126,9 @@ class Platform:
         await ensure_reachable(self.engine)  # DatabaseUnreachable names the host, not a traceback
         # MigrationBlocked while other nodes run on an older schema; SchemaNewer when another
         # node's newer code migrated past us.
+        node_id = load_or_create_node_id(s.cluster.node_id, s.data_path)
         await refuse_migration_beside_nodes(
-            self.engine,
-            own_node_id=load_or_create_node_id(s.cluster.node_id, s.data_path),
-            timeout_seconds=s.cluster.node_timeout_seconds,
+            self.engine, own_node_id=node_id, timeout_seconds=s.cluster.node_timeout_seconds
         )
         await migrate(self.engine)
         self.sessions = session_factory(self.engine)
@@ -144,7 +143,7 @@ class Platform:
             await self._start_redis()
         # Before the stream service, which asks it whose streams are whose, and stopped after it:
         # this node's streams end before its row says it left.
-        self.nodes = await self._stack.enter_async_context(await self._node_registry(secret))
+        self.nodes = await self._stack.enter_async_context(await self._node_registry(node_id, secret))
         self.metrics.registry.register(NodesCollector(self.nodes))
         self.auth = AuthService(
             self.sessions,
@@ -251,12 +250,11 @@ class Platform:
             self.redis.safe_url if self.redis is not None else "off",
         )
 
-    async def _node_registry(self, secret: str) -> NodeRegistry:
+    async def _node_registry(self, node_id: str, secret: str) -> NodeRegistry:
         """This node's registry entry ([cluster]); entering it refuses to join a cluster that
         disagrees (ClusterMismatch: same node_id alive, another secret, clock skew)."""
         s = self.settings
         c = s.cluster
-        node_id = load_or_create_node_id(c.node_id, s.data_path)
         revision, _ = await schema_revisions(self.engine)
         return NodeRegistry(
             self.sessions,

@@ -186,7 +186,7 @@ def _cmd_nodes(args: argparse.Namespace) -> int:
         schema_revisions,
         session_factory,
     )
-    from streamplat.nodes import list_nodes
+    from streamplat.nodes import has_nodes_table, list_nodes
 
     settings = _settings(args)
 
@@ -195,7 +195,7 @@ def _cmd_nodes(args: argparse.Namespace) -> int:
         try:
             await ensure_reachable(engine)
             current, _ = await schema_revisions(engine)
-            if current is None or current < "0006":
+            if not has_nodes_table(current):
                 raise _SchemaBehind(
                     f"the database has no nodes table yet (schema at {current or 'none'}): "
                     "start a server or run `streamplat migrate`"

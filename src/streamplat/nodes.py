@@ -55,6 +55,7 @@ from streamplat.streams.schemas import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "node_id"
+NODES_REVISION = "0006"  # the schema revision (prefix) that made the nodes table
 # A forwarded stop waits for the owner's FFmpeg to finalise (up to ingest.stop_timeout_seconds).
 FORWARD_TIMEOUT_SECONDS = 30.0
 # Rows of nodes that left or were lost this long ago are deleted (ids generated per start, e.g.
@@ -132,17 +133,21 @@ def load_or_create_node_id(configured: str, data_dir: Path) -> str:
     return node_id
 
 
-def secret_fingerprint(secret: str | bytes) -> str:
-    """A short HMAC-SHA256 of a constant under the JWT secret: equal for equal secrets, and
-    useless for recovering the secret (what the nodes table stores)."""
+def _derived(secret: str | bytes, purpose: bytes) -> str:
+    """HMAC-SHA256 of `purpose` under the JWT secret (hex): one value per purpose, and useless
+    for recovering the secret."""
     key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, b"streamplat cluster fingerprint v1", hashlib.sha256).hexdigest()[:32]
+    return hmac.new(key, purpose, hashlib.sha256).hexdigest()
+
+
+def secret_fingerprint(secret: str | bytes) -> str:
+    """Equal for equal secrets (what the nodes table stores to compare nodes' secrets)."""
+    return _derived(secret, b"streamplat cluster fingerprint v1")[:32]
 
 
 def internal_token(secret: str | bytes) -> str:
     """The token nodes send each other on internal calls, derived from the shared JWT secret."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, b"streamplat internal call v1", hashlib.sha256).hexdigest()
+    return _derived(secret, b"streamplat internal call v1")
 
 
 def stream_url_of(internal_stream_url: str, public_host: str, stream_port: int) -> str:
@@ -160,6 +165,11 @@ async def db_clock(session: AsyncSession) -> dt.datetime:
         assert isinstance(value, dt.datetime)
         return value.astimezone(dt.UTC)
     return utcnow()
+
+
+def has_nodes_table(revision: str | None) -> bool:
+    """Whether a database at schema `revision` has the nodes table."""
+    return revision is not None and revision >= NODES_REVISION
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +239,7 @@ async def refuse_migration_beside_nodes(
     current, head = await schema_revisions(engine)
     # Revisions are numbered (0006_nodes): nothing to migrate when the database is at or past this
     # code's head (past it, migrate() refuses with SchemaNewer), no nodes table before 0006.
-    if current is None or head is None or current[:4] >= head[:4] or current < "0006":
+    if current is None or head is None or current[:4] >= head[:4] or not has_nodes_table(current):
         return
     async with session_factory(engine)() as session:
         now = await db_clock(session)
@@ -703,7 +713,9 @@ class NodesCollector:
 
 
 __all__ = [
+    "NODES_REVISION",
     "ClusterMismatch",
+    "MigrationBlocked",
     "Node",
     "NodeInfo",
     "NodeRegistry",
@@ -711,9 +723,12 @@ __all__ = [
     "NodesCollector",
     "OwnerUnreachable",
     "db_clock",
+    "has_nodes_table",
     "internal_token",
+    "known_node_id",
     "list_nodes",
     "load_or_create_node_id",
+    "refuse_migration_beside_nodes",
     "secret_fingerprint",
     "stream_url_of",
 ]
