@@ -174,6 +174,14 @@ class HealthOut(msgspec.Struct, omit_defaults=True):
     reason: str | None = None
 
 
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case, as ASGI servers give names) in a raw list."""
+    for key, value in headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 def has_header(scope: Scope, name: bytes) -> bool:
     """Whether the request carries header `name` (lower case), read from the scope's raw list."""
     return any(key.lower() == name for key, _ in cast("dict[str, Any]", scope)["headers"])
@@ -276,17 +284,22 @@ class HealthFastPath:
             return
         raw["path_template"] = "/health"  # as Litestar sets it: the route label of the metrics
         status, _, body = await self.answer()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_json(send, status, body)
+
+
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    """Answer with `body` (encoded JSON) in two sends: the fast paths' way around Litestar."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def build_app(

@@ -25,7 +25,7 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 
 from streamplat.hls.playlist import DirectiveError, check_directives, have, parse_directives
 from streamplat.hls.store import Blob, LiveStore, LiveStream
-from streamplat.http import RequestContext, request_id_of
+from streamplat.http import RequestContext, header_value, request_id_of
 from streamplat.logs import request_id_var
 
 __all__ = ["DirectHls", "HlsFastPath"]
@@ -40,7 +40,7 @@ FILE_ROUTE = "/hls/{stream_id:str}/{segment:str}"
 FIRST_SEGMENT_WAIT = 6.0  # a live run's first segment closes ~1-2 s after its init
 
 
-def _route(name: str) -> str:
+def route_of(name: str) -> str:
     return PLAYLIST_ROUTE if name == PLAYLIST else FILE_ROUTE
 
 
@@ -90,7 +90,7 @@ class HlsFastPath:
             return
         stream, name = found
         # The route names the metrics use for the same resources served from disk.
-        raw["path_template"] = _route(name)
+        raw["path_template"] = route_of(name)
         query = raw.get("query_string", b"").decode("latin-1")
         headers: list[tuple[bytes, bytes]] = raw["headers"]
         status = 200
@@ -139,7 +139,7 @@ class HlsFastPath:
         blob, viewer = ready
         if viewer:
             self._touch(stream.stream_id, client, headers)
-        return blob, _route(name), self._cors(headers)
+        return blob, route_of(name), self._cors(headers)
 
     def _resolve(self, path: str) -> tuple[LiveStream, str] | None:
         """The live stream and the file name of `/hls/{id}/{name}`, if that stream is in memory."""
@@ -200,21 +200,15 @@ class HlsFastPath:
     ) -> None:
         if self.touch is None:
             return
-        agent = None
-        for key, value in headers:
-            if key == b"user-agent":
-                agent = value.decode("latin-1")
-                break
-        self.touch(stream_id, client[0] if client else None, agent)
+        agent = header_value(headers, b"user-agent")
+        self.touch(
+            stream_id, client[0] if client else None, None if agent is None else agent.decode("latin-1")
+        )
 
     def _cors(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if not self._origins:
             return []
-        origin = None
-        for key, value in headers:
-            if key == b"origin":
-                origin = value
-                break
+        origin = header_value(headers, b"origin")
         if origin is None:
             return []
         if self._any_origin:

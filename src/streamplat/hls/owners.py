@@ -31,12 +31,12 @@ from streamplat.hls.asgi import (
     _PART,
     _SEGMENT,
     _STREAM_ID,
-    FILE_ROUTE,
     PLAYLIST,
-    PLAYLIST_ROUTE,
     _error,
+    route_of,
 )
 from streamplat.hls.store import Blob
+from streamplat.http import header_value
 
 __all__ = ["EDGE_HEADER", "OwnerRouter", "RemoteOwner"]
 
@@ -93,12 +93,12 @@ class OwnerRouter:
             await self.app(scope, receive, send)
             return
         # The route names the metrics use for the same resources answered here.
-        raw["path_template"] = PLAYLIST_ROUTE if pieces[1] == PLAYLIST else FILE_ROUTE
+        raw["path_template"] = route_of(pieces[1])
         status, blob = answer
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": status,
-            "headers": [*blob.headers, *self._allow_origin(_header(raw, b"origin"))],
+            "headers": [*blob.headers, *self._allow_origin(header_value(raw["headers"], b"origin"))],
         }
         body: HTTPResponseBodyEvent = {
             "type": "http.response.body",
@@ -110,7 +110,7 @@ class OwnerRouter:
 
     def _elsewhere(self, raw: dict[str, Any], stream_id: str, name: str) -> tuple[int, Blob] | None:
         """The answer sending a request for another node's live stream there, or None (not one)."""
-        edge = _header(raw, EDGE_HEADER)
+        edge = header_value(raw["headers"], EDGE_HEADER)
         if edge == b"owner":
             return None  # nginx's hop to the owner: whatever this node has, or 404; no loops
         owner = self.owner(stream_id)
@@ -154,13 +154,6 @@ class OwnerRouter:
         if origin is None or not (self._any_origin or origin in self._origins):
             return []
         return [(b"access-control-allow-origin", b"*" if self._any_origin else origin), (b"vary", b"Origin")]
-
-
-def _header(raw: dict[str, Any], name: bytes) -> bytes | None:
-    for key, value in raw["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
 
 
 def _node_address(url: str) -> tuple[str, str, int] | None:

@@ -21,7 +21,7 @@ from streamplat.auth import (
     requires_role,
 )
 from streamplat.errors import NotFound, responses
-from streamplat.http import delete, get, has_header, post
+from streamplat.http import delete, get, has_header, post, send_json
 from streamplat.httpfiles import file_response, file_responses
 from streamplat.params import Limit, Offset, StreamIdPath, UserIdFilter
 from streamplat.streams.schemas import (
@@ -97,19 +97,8 @@ class StreamDetailFastPath:
         except Exception:
             await self.app(scope, receive, send)  # the route gives its own answer to the failure
             return
-        body = msgspec.json.encode(detail)
         raw["path_template"] = self.ROUTE
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_json(send, 200, msgspec.json.encode(detail))
 
 
 # --- Main App ------------------------------------------------------------------------------
