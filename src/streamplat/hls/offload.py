@@ -49,7 +49,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from streamplat.hls.disk import INDEX_NAME
-from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, live_file
+from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, backoff_seconds, live_file
 
 __all__ = ["LIVE_RETRY_MAX_SECONDS", "LiveOffload", "content_type"]
 
@@ -249,7 +249,7 @@ class LiveOffload:
             except (ObjectStorageError, OSError) as exc:
                 self.failed += 1
                 uploads.failures += 1
-                delay = min(self._retry_max, self._retry_base * 2 ** (uploads.failures - 1))
+                delay = backoff_seconds(uploads.failures, self._retry_base, self._retry_max)
                 reason = (
                     exc.reason
                     if isinstance(exc, ObjectStorageError)
@@ -292,7 +292,7 @@ class LiveOffload:
         except (ObjectStorageError, OSError) as exc:
             self.failed += 1
             uploads.failures += 1
-            delay = min(self._retry_max, self._retry_base * 2 ** (uploads.failures - 1))
+            delay = backoff_seconds(uploads.failures, self._retry_base, self._retry_max)
             log.log(
                 logging.WARNING if uploads.failures == 1 else logging.DEBUG,
                 "stream=%s cannot compare live files with the store: %s; retrying in %.1f s",

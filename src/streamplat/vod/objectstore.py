@@ -424,6 +424,11 @@ class ObjectStore:
         return f"{type(exc).__name__} talking to {self.endpoint}: {exc}"
 
 
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """The wait after failed attempt number `attempt` (1, 2, ...): `base`, doubling, at most `cap`."""
+    return min(cap, base * 2.0 ** (attempt - 1))
+
+
 def live_file(name: str) -> bool:
     """Whether `name` is one of a live stream's files that are uploaded and restored."""
     return name == INDEX_NAME or bool(INIT_RE.fullmatch(name) or SEGMENT_RE.fullmatch(name))

@@ -37,7 +37,13 @@ from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
 from streamplat.logs import stream_context
 from streamplat.vod.models import FAILED, LOCAL, OBJECT_STORAGE, PROCESSING, READY, Recording
-from streamplat.vod.objectstore import ObjectStorageError, ObjectStore, StoredObject, restore_live_media
+from streamplat.vod.objectstore import (
+    ObjectStorageError,
+    ObjectStore,
+    StoredObject,
+    backoff_seconds,
+    restore_live_media,
+)
 from streamplat.vod.packaging import PackagedRecording, PackagingError, has_media, package_recording
 from streamplat.vod.schemas import Pagination, RecordingDeleted, RecordingList, RecordingOut, RetryStarted
 
@@ -437,7 +443,7 @@ class RecordingService:
         """Say why the job waits for the store, and wait (doubling); False if the row is gone."""
         assert self._store is not None
         s = self._store.settings
-        delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
+        delay = backoff_seconds(attempt, s.retry_base_seconds, s.retry_max_seconds)
         reason = (
             f"waiting for object storage: {exc.reason} "
             f"(attempt {attempt} of {s.upload_attempts}; next in {delay:.0f} s)"
