@@ -13,7 +13,14 @@ Measured, in this order, each run for --seconds with --connections keep-alive co
   2. `GET /api/streams/{id}` with a Bearer token         (ratio to 1)
   3. `GET /health` on the main port                      (ratio to 1)
   4. --logins parallel logins for --login-seconds, while one connection polls `GET /health`
-     50 times a second: logins per second and /health p50/p99 during the burst.
+     50 times a second: logins per second and /health p50/p99 during the burst. Its reference,
+     in the same run: argon2id alone (the server's `[auth]` cost, on as many threads as the
+     server hashes on, in its own process) verifying back to back for as long: the most logins
+     the cores could give, and logins/s as a share of it.
+  5. every other read of the spec (and of ours) at --connections, --route-seconds each, with
+     the shipped settings (caches as configured): /auth/validate, the stream list pages, live
+     streams, /stream/{id}/status, the recordings list, users (admin) and /health on the
+     other three ports; p99 against the goal "any API p99 < 50 ms".
 Beside req/s, runs 1-3 print the serving process's CPU time per request (all its threads, from
 /proc) and the ratio of the bare app's to it: on a busy box req/s moves with what else runs,
 CPU per request hardly does, so that ratio is the one to compare between runs at different load.
@@ -88,6 +95,42 @@ def serve_bare(port: int) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def argon2_alone(seconds: float) -> None:
+    """Verify one password back to back on the server's hashing threads; print verifications/s.
+
+    Uses `PasswordHashing.from_settings` with the same settings (and environment) the server
+    loads, so the cost, the lanes and the number of threads are the server's.
+    """
+    import asyncio
+
+    from streamplat import config
+    from streamplat.auth.passwords import PasswordHashing
+
+    auth = config.load(None).auth
+    hashing = PasswordHashing.from_settings(auth)
+
+    async def run() -> tuple[int, float]:
+        password_hash = await hashing.hash("password123")
+        started = time.monotonic()
+        end = started + seconds
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                assert await hashing.verify(password_hash, "password123")
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(auth.password_hash_threads)))
+        return done, time.monotonic() - started
+
+    try:
+        done, took = asyncio.run(run())
+        print(json.dumps({"per_second": done / took, "threads": auth.password_hash_threads}))
+    finally:
+        hashing.close()
 
 
 def free_port() -> int:
@@ -221,6 +264,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections for throughput runs")
     parser.add_argument("--logins", type=int, default=20, help="parallel logins in the burst")
     parser.add_argument("--login-seconds", type=float, default=15.0, help="length of the login burst")
+    parser.add_argument("--route-seconds", type=float, default=5.0, help="length of each part-5 run")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument(
         "--pg-url",
@@ -230,9 +274,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per database")
     parser.add_argument("--databases-only", action="store_true", help="only PostgreSQL vs SQLite")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--argon2-alone", type=float, metavar="SECONDS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(args.serve_bare)
+        return 0
+    if args.argon2_alone:
+        argon2_alone(args.argon2_alone)
         return 0
     if shutil.which("wrk") is None:
         print(
@@ -330,13 +378,106 @@ def bench_request_path(args: argparse.Namespace) -> int:
         results["logins"], results["health_during_logins"] = login_burst(
             tmp, f"{auth}/auth/login", f"{main_url}/health", user, args.logins, args.login_seconds
         )
-        report(results, args)
+        hashes = argon2_reference(env, tmp, args.login_seconds)
+        print(f"  logins done; argon2 alone: {hashes['per_second']:.1f} verifications/s", flush=True)
+        routes = bench_routes(args, ports, tmp, token, stream["stream_id"], server)
+        report(results, args, hashes)
+        report_routes(routes)
         if args.json:
-            Path(args.json).write_text(json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
+            numbers: dict[str, Any] = {k: vars(v) for k, v in results.items()}
+            numbers["argon2_alone_per_second"] = hashes["per_second"]
+            numbers["routes"] = {label: vars(res) for label, res in routes.items()}
+            Path(args.json).write_text(json.dumps(numbers, indent=2))
     finally:
         stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def argon2_reference(env: dict[str, str], tmp: Path, seconds: float) -> dict[str, float]:
+    """argon2id alone with the server's settings, in its own process: {"per_second", "threads"}."""
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--argon2-alone", str(seconds)],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def bench_routes(
+    args: argparse.Namespace, ports: dict[str, int], tmp: Path, token: str, stream_id: str, server: int
+) -> dict[str, WrkResult]:
+    """Part 5: every other read, with the shipped settings, --route-seconds each."""
+    base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    for i in range(29):  # a full first page (20) and a second one, beside the stream made earlier
+        status, made = request("POST", f"{base['main']}/api/streams", {"name": f"bench {i}"}, token)
+        assert status == 201, made
+    admin = {"email": "admin@example.com", "username": "benchadmin", "password": "password123"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamplat",
+            "create-admin",
+            "--data-dir",
+            str(tmp / "data"),
+            "--email",
+            admin["email"],
+            "--username",
+            admin["username"],
+            "--password",
+            admin["password"],
+        ],
+        env=base_env(ports),
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+    )
+    status, pair = request(
+        "POST", f"{base['auth']}/auth/login", {"email": admin["email"], "password": admin["password"]}
+    )
+    assert status == 200, pair
+    admin_token = str(pair["access_token"])
+    runs: list[tuple[str, str, str | None]] = [
+        ("GET /auth/validate (Bearer)", f"{base['auth']}/auth/validate", token),
+        ("GET /api/streams?limit=20 (Bearer, 30 streams)", f"{base['main']}/api/streams?limit=20", token),
+        ("GET /api/streams (Bearer, all 30)", f"{base['main']}/api/streams", token),
+        ("GET /api/streams?offset=20 (Bearer)", f"{base['main']}/api/streams?limit=20&offset=20", token),
+        ("GET /api/streams/live (Bearer)", f"{base['main']}/api/streams/live", token),
+        ("GET /stream/{id}/status", f"{base['stream']}/stream/{stream_id}/status", None),
+        ("GET /api/v1/recordings (Bearer)", f"{base['vod']}/api/v1/recordings", token),
+        ("GET /auth/users (admin)", f"{base['auth']}/auth/users", admin_token),
+        ("GET /health (auth)", f"{base['auth']}/health", None),
+        ("GET /health (stream)", f"{base['stream']}/health", None),
+        ("GET /health (vod)", f"{base['vod']}/health", None),
+    ]
+    results: dict[str, WrkResult] = {}
+    for label, url, bearer in runs:
+        status, _ = request("GET", url, token=bearer)
+        assert status == 200, (label, status)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        results[label] = run_wrk(url, args.route_seconds, args.connections, headers, server)
+    print(f"  {len(runs)} other reads done", flush=True)
+    return results
+
+
+def report_routes(routes: dict[str, WrkResult]) -> None:
+    goal = f"p99 < {GOALS['api_p99_ms']:.0f} ms"
+    print()
+    print(
+        "| every other read (shipped settings) | req/s | 2xx/s | p50 ms | p99 ms | errors | server CPU us/req | goal |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for label, res in routes.items():
+        cpu = f"{res.server_cpu_us:.0f}" if res.server_cpu_us else ""
+        met = "met" if res.p99_ms < GOALS["api_p99_ms"] and res.errors == 0 else "NOT met"
+        print(
+            f"| {label} | {res.requests_per_second:.0f} | {res.ok_per_second:.1f} | {res.p50_ms:.1f} | "
+            f"{res.p99_ms:.1f} | {res.errors} | {cpu} | {goal}: {met} |"
+        )
 
 
 # --- PostgreSQL vs SQLite ----------------------------------------------------------------------
@@ -555,8 +696,9 @@ def poll(url: str, seconds: float, interval: float) -> WrkResult:
     )
 
 
-def report(r: dict[str, WrkResult], args: argparse.Namespace) -> None:
+def report(r: dict[str, WrkResult], args: argparse.Namespace, hashes: dict[str, float]) -> None:
     bare = r["bare"]
+    logins_share = f"{r['logins'].ok_per_second / hashes['per_second']:.2f} of argon2 alone"
 
     def ratios(res: WrkResult) -> tuple[str, str]:
         """(req/s ratio to bare, CPU-per-request ratio: bare's CPU per request / this one's)."""
@@ -577,7 +719,7 @@ def report(r: dict[str, WrkResult], args: argparse.Namespace) -> None:
         (
             f"POST /auth/login x{args.logins}",
             r["logins"],
-            ("", ""),
+            (logins_share, ""),
             f">= {GOALS['logins_per_second']:.0f} logins/s (2xx)",
         ),
         (
@@ -588,6 +730,10 @@ def report(r: dict[str, WrkResult], args: argparse.Namespace) -> None:
         ),
     ]
     print()
+    print(
+        f"argon2id alone (server's [auth] cost, {hashes['threads']:.0f} threads, own process): "
+        f"{hashes['per_second']:.1f} verifications/s, the most logins/s these cores could give"
+    )
     print(
         "| measure | req/s | 2xx/s | p50 ms | p99 ms | errors | server CPU us/req "
         "| ratio to bare (req/s) | ratio to bare (CPU/req) | goal |"

@@ -133,7 +133,7 @@ class Platform:
         await migrate(self.engine)
         self.sessions = session_factory(self.engine)
         secret = load_or_create_secret(s.auth.jwt_secret, s.data_path / "secrets")
-        passwords = PasswordHashing(s.auth.password_hash_threads, s.auth.password_hash_queue)
+        passwords = PasswordHashing.from_settings(s.auth)
         self._stack.callback(passwords.close)
         principals = PrincipalCache(s.auth.principal_cache_seconds)
         for bus in (self.bus, self.remote_bus):

@@ -94,7 +94,7 @@ async def _create_admin(settings: Settings, email: str, username: str, password:
         validate(RegisterIn, {"email": email, "username": username, "password": password, "role": "admin"})
     with datadir.try_lock(settings.data_path, "create-admin") as alone:
         engine = create_engine(settings.database_url)
-        passwords = PasswordHashing(settings.auth.password_hash_threads)
+        passwords = PasswordHashing.from_settings(settings.auth)
         try:
             await ensure_reachable(engine)
             await _schema_ready(engine, alone, settings)

@@ -68,6 +68,10 @@ class AuthSettings(_Section):
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     password_hash_threads: int = 2
     password_hash_queue: int = 32  # hashes waiting for a thread; beyond that login/register get 503
+    # argon2id cost; stored hashes made with other values are redone at their next login.
+    password_hash_time_cost: int = 2
+    password_hash_memory_kib: int = 65536
+    password_hash_parallelism: int = 1
     principal_cache_seconds: float = 2.0  # how long a token's user is trusted without a query; 0 = off
     allow_admin_self_registration: bool = False
 
@@ -335,6 +339,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("auth.password_hash_threads: must be between 1 and 32")
     if not 0 <= a.password_hash_queue <= 10_000:
         raise ConfigError("auth.password_hash_queue: must be between 0 and 10000")
+    _check_password_hash_cost(a)
     if not 0 <= a.principal_cache_seconds <= 60:
         raise ConfigError("auth.principal_cache_seconds: must be between 0 (off) and 60")
     r = settings.rate_limit
@@ -394,6 +399,31 @@ def _validate(settings: Settings) -> None:
 
 
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+# OWASP's Password Storage Cheat Sheet lists argon2id settings of equal strength from 46 MiB x 1
+# pass to 7 MiB x 5 passes: memory times passes of at least ~35 MiB, and never under 7 MiB.
+ARGON2_MIN_MEMORY_KIB = 7 * 1024
+ARGON2_MIN_MEMORY_TIMES_PASSES_KIB = 35 * 1024
+
+
+def _check_password_hash_cost(a: AuthSettings) -> None:
+    if not 1 <= a.password_hash_time_cost <= 20:
+        raise ConfigError("auth.password_hash_time_cost: must be between 1 and 20 passes")
+    if not ARGON2_MIN_MEMORY_KIB <= a.password_hash_memory_kib <= 4 * 1024 * 1024:
+        raise ConfigError(
+            f"auth.password_hash_memory_kib: must be between {ARGON2_MIN_MEMORY_KIB} (7 MiB, OWASP's "
+            "floor for argon2id) and 4194304 (4 GiB)"
+        )
+    if a.password_hash_memory_kib * a.password_hash_time_cost < ARGON2_MIN_MEMORY_TIMES_PASSES_KIB:
+        raise ConfigError(
+            "auth.password_hash_memory_kib x auth.password_hash_time_cost: "
+            f"{a.password_hash_memory_kib} KiB x {a.password_hash_time_cost} is weaker than OWASP's "
+            f"minimum for argon2id (at least {ARGON2_MIN_MEMORY_TIMES_PASSES_KIB} KiB in all, "
+            "e.g. 19456 KiB x 2 or 47104 KiB x 1)"
+        )
+    if not 1 <= a.password_hash_parallelism <= 16:
+        raise ConfigError("auth.password_hash_parallelism: must be between 1 and 16 lanes")
 
 
 def _validate_cluster(c: ClusterSettings) -> None:

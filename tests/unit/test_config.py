@@ -65,12 +65,42 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"STREAMPLAT_INGEST__FIRST_SEGMENT_SECONDS": "-1"}, "ingest.first_segment_seconds"),
         ({"STREAMPLAT_INGEST__MEMORY_SEGMENTS": "3"}, "ingest.memory_segments"),
         ({"STREAMPLAT_INGEST__LOW_LATENCY": "maybe"}, "ingest.low_latency"),
+        ({"STREAMPLAT_AUTH__PASSWORD_HASH_TIME_COST": "0"}, "auth.password_hash_time_cost"),
+        ({"STREAMPLAT_AUTH__PASSWORD_HASH_MEMORY_KIB": "4096"}, "OWASP's floor"),
+        ({"STREAMPLAT_AUTH__PASSWORD_HASH_PARALLELISM": "0"}, "auth.password_hash_parallelism"),
+        # 16 MiB x 2 passes: each part allowed, the product under OWASP's minimum.
+        (
+            {
+                "STREAMPLAT_AUTH__PASSWORD_HASH_MEMORY_KIB": "16384",
+                "STREAMPLAT_AUTH__PASSWORD_HASH_TIME_COST": "2",
+            },
+            "weaker than OWASP's minimum",
+        ),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:
         load(None, environ=environ)
     assert needle in str(err.value)
+
+
+def test_password_hash_cost_accepts_owasps_settings_and_defaults_above_them() -> None:
+    # OWASP's table of equal-strength argon2id settings, from its least memory to its most.
+    for memory_kib, passes in ((7168, 5), (9216, 4), (12288, 3), (19456, 2), (47104, 1)):
+        a = load(
+            None,
+            environ={
+                "STREAMPLAT_AUTH__PASSWORD_HASH_MEMORY_KIB": str(memory_kib),
+                "STREAMPLAT_AUTH__PASSWORD_HASH_TIME_COST": str(passes),
+            },
+        ).auth
+        assert (a.password_hash_memory_kib, a.password_hash_time_cost) == (memory_kib, passes)
+    a = load(None, environ={}).auth
+    assert (a.password_hash_time_cost, a.password_hash_memory_kib, a.password_hash_parallelism) == (
+        2,
+        65536,
+        1,
+    )
 
 
 def test_default_database_lives_in_the_data_dir(tmp_path: Path) -> None:

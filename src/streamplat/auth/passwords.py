@@ -1,8 +1,9 @@
 """Password hashing with argon2id on a few threads, behind a bounded queue.
 
-argon2 is deliberately slow and memory-hard (~50-150 ms and 64 MiB per hash with the library
-defaults). On the event loop that would stall every other request, and in an unbounded pool
-a burst of logins would eat the machine's memory, so hashing runs on a fixed number of threads.
+argon2 is deliberately slow and memory-hard (~0.12 s of CPU and 64 MiB per hash with the
+defaults of `[auth]`; see `from_settings`). On the event loop that would stall every other
+request, and in an unbounded pool a burst of logins would eat the machine's memory, so hashing
+runs on a fixed number of threads.
 Jobs beyond the threads wait in a queue of `queue_size`; when that is full too, `HashQueueFull`
 says so at once (the API answers 503 with Retry-After) instead of letting the wait grow without
 bound. Callers must not hold a database connection while they wait here.
@@ -16,12 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from streamplat.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from streamplat.config import AuthSettings
 
 T = TypeVar("T")
 
@@ -49,6 +53,22 @@ class PasswordHashing:
         # password". Made on a hashing thread at first use, not on the event loop at start.
         self._dummy_hash: str | None = None
         self._seconds_per_hash = 0.1  # until the first hashes are timed
+
+    @classmethod
+    def from_settings(cls, auth: AuthSettings) -> PasswordHashing:
+        """Hashing with the `[auth]` section's threads, queue and argon2id cost.
+
+        The default cost (2 passes over 64 MiB, one lane) asks an attacker for the same memory
+        per guess as argon2-cffi's own default (RFC 9106's low-memory profile: 3 passes, 4 lanes)
+        at about 0.7x its CPU, and is over three times OWASP's minimum (19 MiB x 2). One lane:
+        hashing threads already keep the cores busy, and lanes only add thread start-ups.
+        """
+        hasher = PasswordHasher(
+            time_cost=auth.password_hash_time_cost,
+            memory_cost=auth.password_hash_memory_kib,
+            parallelism=auth.password_hash_parallelism,
+        )
+        return cls(auth.password_hash_threads, auth.password_hash_queue, hasher)
 
     @property
     def pending(self) -> int:
@@ -79,7 +99,8 @@ class PasswordHashing:
         return self._dummy_hash
 
     def needs_rehash(self, password_hash: str) -> bool:
-        """True when the hash was made with other parameters than the current ones."""
+        """True when the hash was made with other parameters than the current ones (either way:
+        a cost lowered on purpose applies to old hashes too, at their next login)."""
         return self._hasher.check_needs_rehash(password_hash)
 
     def close(self) -> None:
