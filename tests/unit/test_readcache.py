@@ -98,3 +98,60 @@ async def test_none_means_nothing_to_cache() -> None:
     assert await cache.get_or_load("k", inactive) is None
     assert await cache.get_or_load("k", inactive) is None
     assert reads == 2
+
+
+async def test_clear_forgets_every_key_and_a_read_under_way_is_not_kept() -> None:
+    cache: ReadCache[str, str] = ReadCache(60)
+    for key in ("page1", "page2"):
+        assert await cache.get_or_load(key, lambda: asyncio.sleep(0, "old")) == "old"
+    rows = Rows()
+    rows.value = "old"
+    during = asyncio.create_task(cache.get_or_load("page3", rows.load))
+    await rows.looked.wait()  # this read took the value from before the change
+    cache.clear()
+    assert cache.get("page1") is None and cache.get("page2") is None
+    rows.gate.set()
+    assert await during == "old"  # its caller gets what it read ...
+    assert cache.get("page3") is None  # ... but it is not kept for the next one
+
+
+async def test_an_entry_in_use_is_read_again_before_it_expires_and_never_waited_for() -> None:
+    now = [0.0]
+    cache: ReadCache[str, str] = ReadCache(2.0, clock=lambda: now[0])
+    rows = Rows()
+    rows.gate.set()
+    assert await cache.get_or_load("k", rows.load) == "v1" and rows.reads == 1
+    now[0] = 1.0  # half its life left: served, no read
+    assert await cache.get_or_load("k", rows.load) == "v1" and rows.reads == 1
+    rows.gate.clear()
+    rows.looked.clear()
+    rows.value = "v2"
+    now[0] = 1.8  # in its last quarter: served at once, and read again behind the caller's back
+    assert await cache.get_or_load("k", rows.load) == "v1"
+    await rows.looked.wait()
+    assert rows.reads == 2
+    assert await cache.get_or_load("k", rows.load) == "v1" and rows.reads == 2  # one refresh at a time
+    rows.gate.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    now[0] = 3.0  # past the first read's expiry: the refresh's value, good until 1.8 + 2
+    assert await cache.get_or_load("k", rows.load) == "v2" and rows.reads == 2
+
+
+async def test_a_refresh_that_finds_nothing_or_fails_drops_the_entry() -> None:
+    now = [0.0]
+    cache: ReadCache[str, str] = ReadCache(2.0, clock=lambda: now[0])
+    assert await cache.get_or_load("gone", lambda: asyncio.sleep(0, "v")) == "v"
+    assert await cache.get_or_load("broken", lambda: asyncio.sleep(0, "v")) == "v"
+    now[0] = 1.9
+
+    async def fail() -> str:
+        raise RuntimeError("database away")
+
+    assert await cache.get_or_load("gone", lambda: asyncio.sleep(0, None)) == "v"
+    assert await cache.get_or_load("broken", fail) == "v"
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert cache.get("gone") is None and cache.get("broken") is None
+    with pytest.raises(RuntimeError):
+        await cache.get_or_load("broken", fail)
