@@ -32,7 +32,7 @@ from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.cluster import EventRelay, RedisCollector, RedisLink, SharedRateLimiter, SharedViewerTracker
 from streamplat.config import Settings
 from streamplat.db import create_engine, ensure_reachable, migrate, schema_revisions, session_factory
-from streamplat.events import EventBus, StreamChanged
+from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamChanged
 from streamplat.hls.asgi import HlsFastPath
 from streamplat.hls.disk import finalise_index
 from streamplat.hls.offload import LiveOffload
@@ -207,6 +207,7 @@ class Platform:
                 job_timeout_seconds=s.vod.job_timeout_seconds,
                 store=store,
                 live_uploads=self.offload,
+                read_cache_seconds=s.server.read_cache_seconds,
             )
         )
         # Viewers count while they fetched within the last three segments (at least 6 s), so
@@ -239,8 +240,13 @@ class Platform:
         self.nodes.rejoined = self.streams.drop_orphaned_ingests
         self._stack.callback(setattr, self.nodes, "recover", None)
         self._stack.callback(setattr, self.nodes, "rejoined", None)
-        self.remote_bus.subscribe(StreamChanged, self._on_remote_stream_changed)
-        self._stack.callback(self.remote_bus.unsubscribe, StreamChanged, self._on_remote_stream_changed)
+        remote, forget = self.remote_bus, self._on_remote_stream_changed
+        remote.subscribe(StreamChanged, forget)
+        remote.subscribe(RecordingReady, forget)
+        remote.subscribe(RecordingFailed, forget)
+        self._stack.callback(remote.unsubscribe, StreamChanged, forget)
+        self._stack.callback(remote.unsubscribe, RecordingReady, forget)
+        self._stack.callback(remote.unsubscribe, RecordingFailed, forget)
         log.info(
             "platform started node=%s data_dir=%s database=%s ffmpeg=%s redis=%s",
             self.nodes.node_id,
@@ -289,8 +295,10 @@ class Platform:
             assert isinstance(limiter, RateLimiter)
             self.rate_limiters[name] = SharedRateLimiter(link, name, limiter)
 
-    def _on_remote_stream_changed(self, event: StreamChanged) -> None:
+    def _on_remote_stream_changed(self, event: StreamChanged | RecordingReady | RecordingFailed) -> None:
+        # Another node changed a stream or its recording: this node's read caches forget them.
         self.streams.forget_row(event.stream_id)
+        self.recordings.forget(event.stream_id)
 
     async def _open_object_store(self) -> ObjectStore | None:
         """The configured object store, checked (ObjectStorageError: the start must fail), or None."""

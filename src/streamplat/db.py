@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple, cast
 
-from sqlalchemy import BigInteger, DateTime, Integer, event, text
+from sqlalchemy import BigInteger, DateTime, Integer, Select, event, func, text
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+Ts = TypeVarTuple("Ts")
 
 
 class Base(DeclarativeBase):
@@ -177,6 +179,22 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError) or (
         isinstance(exc, OSError) and "connect call failed" in str(exc).lower()
     )
+
+
+async def fetch_page(
+    session: AsyncSession, query: Select[*Ts], count: Select[Any], limit: int, offset: int
+) -> tuple[list[tuple[*Ts]], int]:
+    """A page of `query` (already ordered) and the total it pages through, in one round trip.
+
+    The total rides on every row as `count(*) OVER ()`; only a page past the end (no rows to
+    carry it) costs the separate `count` query. Each ORM query through aiosqlite is a few
+    thread hops (~0.5 ms of event-loop CPU here), so two queries per list page were half of it.
+    """
+    paged = query.add_columns(func.count().over().label("_total")).limit(limit).offset(offset)
+    rows = (await session.execute(paged)).all()
+    if rows:
+        return [cast("tuple[*Ts]", tuple(row)[:-1]) for row in rows], int(rows[0][-1])
+    return [], 0 if offset == 0 else int(await session.scalar(count) or 0)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -117,15 +117,26 @@ def test_viewer_counts_and_read_caches_are_shared(
         assert b.stream.get(status_url).json()["viewer_count"] == 2
         assert b.main.get(f"/api/streams/{sid}", headers=bearer(token_b)).json()["viewer_count"] == 2
 
-        # Read caches: B has the row and the user cached; A's changes reach B at once.
+        # Read caches: B has the row, the list pages and the user cached; A's changes reach B at once.
         before = b.main.get(f"/api/streams/{sid}", headers=bearer(token_b)).json()
         assert before["status"] in ("waiting", "active")
+
+        def live_on_b() -> list[str]:
+            r = b.main.get("/api/streams/live", headers=bearer(token_b))
+            return [item["stream_id"] for item in r.json()["streams"]]
+
+        def recordings_on_b() -> list[str]:
+            return [item["stream_id"] for item in b.vod.get("/api/v1/recordings").json()["recordings"]]
+
+        assert sid in live_on_b() and sid not in recordings_on_b()
         assert a.main.post(f"/api/streams/{sid}/stop", headers=bearer(token_a)).status_code == 200
         wait_for(
             lambda: b.main.get(f"/api/streams/{sid}", headers=bearer(token_b)).json()["status"] == "stopped",
             10,
             message="B sees the stop",
         )
+        wait_for(lambda: sid not in live_on_b(), 10, message="B's live list drops the stream")
+        wait_for(lambda: sid in recordings_on_b(), 10, message="B lists the new recording")
         after = b.main.get(f"/api/streams/{sid}", headers=bearer(token_b)).json()
         assert after["viewer_count"] == 0
         rotated = a.main.post(f"/api/streams/{sid}/rotate-key", headers=bearer(token_a)).json()

@@ -273,13 +273,24 @@ def test_stream_reads_are_cached_but_every_change_shows_at_once(
         assert r.status_code == 200, r.text
         return dict(r.json())
 
+    def listed(path: str = "/api/streams") -> dict[str, dict]:
+        r = srv.main.get(path, headers=bearer(token))
+        assert r.status_code == 200, r.text
+        return {item["stream_id"]: item for item in r.json()["streams"]}
+
     assert detail()["status"] == "created"
+    assert listed()[sid]["title"] == "Before" and sid not in listed("/api/streams/live")
     # A change behind the server's back (another process, hand-written SQL) is not seen while the
     # row is cached: proof that the reads above and below come from the cache ...
     srv.sql("UPDATE streams SET title = 'Edited by SQL' WHERE id = ?", sid)
     assert detail()["title"] == "Before"
+    assert listed()[sid]["title"] == "Before"
     # ... while every change made through the server shows on the very next read.
+    other = create(srv, token, title="Second")["stream_id"]
+    assert set(listed()) == {sid, other}
+    assert listed()[sid]["title"] == "Edited by SQL"  # every page was read again
     start(srv, token, sid)
+    assert listed("/api/streams/live")[sid]["status"] == "waiting"
     after_start = detail()
     assert after_start["status"] == "waiting" and after_start["port"]
     assert after_start["title"] == "Edited by SQL"  # the row was read again after the change
@@ -287,6 +298,7 @@ def test_stream_reads_are_cached_but_every_change_shows_at_once(
     r = srv.main.post(f"/api/streams/{sid}/stop", headers=bearer(token))
     assert r.status_code == 200, r.text
     assert detail()["status"] == "stopped"
+    assert sid not in listed("/api/streams/live") and listed()[sid]["status"] == "stopped"
     assert srv.stream.get(f"/stream/{sid}/status").json()["status"] == "stopped"
     r = srv.main.post(f"/api/streams/{sid}/rotate-key", headers=bearer(token))
     assert r.status_code == 200, r.text
@@ -294,6 +306,7 @@ def test_stream_reads_are_cached_but_every_change_shows_at_once(
     r = srv.main.delete(f"/api/streams/{sid}", headers=bearer(token))
     assert r.status_code == 200, r.text
     assert_error(srv.main.get(f"/api/streams/{sid}", headers=bearer(token)), 404)
+    assert set(listed()) == {other}
 
 
 def test_owner_and_role_matrix(server: ServerProcess) -> None:

@@ -351,3 +351,37 @@ def test_crashed_job_fails_with_a_reason_and_can_be_retried(server: ServerProces
     assert r.status_code == 202, r.text
     assert abs(wait_ready(server, sid)["duration_seconds"] - 4) <= 1
     assert server.vod.get("/health").status_code == 200  # the workers survived the crash
+
+
+def test_recording_reads_are_cached_but_every_change_shows_at_once(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # A long cache, so that what the API shows after each change can only come from invalidation.
+    srv = server_factory({**LIVE_ENV, "STREAMPLAT_SERVER__READ_CACHE_SECONDS": "30"})
+    token = srv.user_token("vodcached")
+    first = _fake_session(srv, token, _good_segments)
+    rec = wait_ready(srv, first)  # polled while "processing": the ready commit shows at once
+
+    def listed() -> dict[str, dict]:
+        r = srv.vod.get("/api/v1/recordings", params={"limit": 100})
+        assert r.status_code == 200, r.text
+        return {item["stream_id"]: item for item in r.json()["recordings"]}
+
+    assert listed()[first]["status"] == "ready"
+    # Behind the server's back (SQL): not seen while cached, which proves the reads are cached ...
+    srv.sql("UPDATE recordings SET title = 'Edited by SQL' WHERE stream_id = ?", first)
+    assert recording(srv, first)["title"] == rec["title"]
+    assert listed()[first]["title"] == rec["title"]
+    assert srv.vod.get(rec["thumbnail_path"]).status_code == 200
+    # ... while a stream stopped through the server lists its new recording on the next read,
+    # and the pages are read again.
+    second = _fake_session(srv, token, _good_segments)
+    now = listed()
+    assert now[second]["status"] in ("processing", "ready")
+    assert now[first]["title"] == "Edited by SQL"
+    wait_ready(srv, second)
+    r = srv.vod.delete(f"/api/v1/recordings/{first}", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert first not in listed()
+    assert_error(srv.vod.get(f"/api/v1/recordings/{first}"), 404)
+    assert_error(srv.vod.get(rec["thumbnail_path"]), 404)

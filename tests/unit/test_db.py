@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import event, text
 
-from streamplat.db import SQLITE_BUSY_TIMEOUT_SECONDS, create_engine, display_url, is_transient
+from streamplat.db import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    create_engine,
+    display_url,
+    fetch_page,
+    is_transient,
+    session_factory,
+)
 
 
 async def test_sqlite_waits_the_full_busy_timeout(tmp_path: Path) -> None:
@@ -61,3 +69,49 @@ def test_isoformat_is_utc_to_the_second() -> None:
     assert isoformat(dt.datetime(2025, 9, 26, 1, 0, 0, 999_999, tzinfo=dt.UTC)) == "2025-09-26T01:00:00Z"
     assert isoformat(dt.datetime(2025, 1, 1, 1, 2, 3, tzinfo=paris)) == "2024-12-31T23:02:03Z"
     assert isoformat(dt.datetime(999, 3, 4, 5, 6, 7, tzinfo=dt.UTC)) == "0999-03-04T05:06:07Z"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_fetch_page_gives_rows_and_total_in_one_query_and_a_total_past_the_end(
+    tmp_path: Path, database: str
+) -> None:
+    from sqlalchemy import Integer, String, column, func, insert, select, table
+
+    dropped = None
+    if database == "postgresql":
+        from tests.support import pg
+
+        pg.require()
+        dropped, url = pg.create_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    engine = create_engine(url)
+    items = table("items", column("id", Integer), column("kind", String))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY, kind VARCHAR(8))"))
+            await conn.execute(
+                insert(items), [{"id": n, "kind": "odd" if n % 2 else "even"} for n in range(1, 8)]
+            )
+        statements: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        sessions = session_factory(engine)
+
+        async def page(kind: str, limit: int, offset: int) -> tuple[list[int], int]:
+            query = select(items.c.id).where(items.c.kind == kind).order_by(items.c.id)
+            count = select(func.count()).select_from(items).where(items.c.kind == kind)
+            async with sessions() as session:
+                rows, total = await fetch_page(session, query, count, limit, offset)
+            return [row[0] for row in rows], total
+
+        assert await page("odd", 2, 0) == ([1, 3], 4)
+        assert await page("odd", 2, 2) == ([5, 7], 4)
+        assert len(statements) == 2  # one query per page
+        assert await page("odd", 2, 4) == ([], 4)  # past the end: a second query counts them
+        assert len(statements) == 4
+        assert await page("none", 2, 0) == ([], 0)  # nothing at all: no count needed
+        assert len(statements) == 5
+    finally:
+        await engine.dispose()
+        if dropped is not None:
+            pg.drop_database(dropped)

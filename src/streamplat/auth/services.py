@@ -23,7 +23,7 @@ from streamplat.auth.schemas import (
     UserUpdateIn,
 )
 from streamplat.auth.tokens import InvalidToken, TokenIssuer, hash_refresh_token
-from streamplat.db import isoformat, utcnow
+from streamplat.db import fetch_page, isoformat, utcnow
 from streamplat.errors import Conflict, Forbidden, NotFound, Unauthorized
 from streamplat.events import EventBus, UserChanged
 
@@ -228,15 +228,14 @@ class AuthService:
 
     async def list_users(self, limit: int, offset: int, role: str | None = None) -> UserList:
         """A page of users, oldest first."""
+        query = select(User)
+        count = select(func.count(User.id))
+        if role:
+            query = query.where(User.role == role)
+            count = count.where(User.role == role)
         async with self._sessions() as session:
-            query = select(User)
-            count = select(func.count(User.id))
-            if role:
-                query = query.where(User.role == role)
-                count = count.where(User.role == role)
-            total = await session.scalar(count) or 0
-            users = (await session.scalars(query.order_by(User.id).limit(limit).offset(offset))).all()
-        return UserList(users=[user_out(u) for u in users], total=total, limit=limit, offset=offset)
+            rows, total = await fetch_page(session, query.order_by(User.id), count, limit, offset)
+        return UserList(users=[user_out(user) for (user,) in rows], total=total, limit=limit, offset=offset)
 
     async def update_user(self, user_id: int, data: UserUpdateIn, actor: Principal) -> UserOut:
         """Change a user's role or active flag; the last active admin cannot be demoted or deactivated."""

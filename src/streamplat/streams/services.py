@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth import Principal, User
-from streamplat.db import isoformat, utcnow
+from streamplat.db import fetch_page, isoformat, utcnow
 from streamplat.errors import (
     Conflict,
     Forbidden,
@@ -70,6 +70,8 @@ from streamplat.streams.viewers import ViewerCounter
 
 log = logging.getLogger(__name__)
 
+# How long a stream's segment count on disk is reused before it is asked for again.
+FILE_COUNT_SECONDS = 0.5
 STREAM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -193,7 +195,13 @@ class StreamService:
         # Stream rows read per request (GET /api/streams/{id}, /stream/{id}/status), kept for a
         # moment; every change below goes through _commit, which forgets the row (readcache.py).
         self._rows: ReadCache[str, tuple[Stream, str]] = ReadCache(read_cache_seconds)
+        # List pages (rows and total, not the answer: viewer counts are read at answer time),
+        # for as long; any stream's change forgets them all (_forget).
+        self._pages: ReadCache[tuple[object, ...], tuple[list[tuple[Stream, str]], int]] = ReadCache(
+            read_cache_seconds, max_entries=1_000
+        )
         self._segment_counter = SegmentCounter()
+        self._file_counts: ReadCache[str, int] = ReadCache(FILE_COUNT_SECONDS)
         # Streams this process has live; only their HLS fetches count as viewers (a stopped
         # stream's final playlist stays readable, but nobody watches it live any more).
         # (stream id -> its SRT port from this node's pool.)
@@ -347,12 +355,17 @@ class StreamService:
         try:
             await session.commit()
         finally:
-            self._rows.invalidate(stream_id)
+            self._forget(stream_id)
             await self._bus.publish(StreamChanged(stream_id))
 
     def forget_row(self, stream_id: str) -> None:
         """Drop the stream's cached row (another process changed it; see streamplat.cluster)."""
+        self._forget(stream_id)
+
+    def _forget(self, stream_id: str) -> None:
+        """The stream's row changed, appeared or went: forget it, and every cached list page."""
         self._rows.invalidate(stream_id)
+        self._pages.clear()
 
     async def _read(self, stream_id: str) -> tuple[Stream, str]:
         """The stream's row and owner's name for reading, from the cache when it is fresh.
@@ -452,36 +465,46 @@ class StreamService:
         live_only: bool = False,
     ) -> StreamList:
         """A page of streams, newest first: the caller's own, everyone's for admins or live_only."""
-        query = select(Stream, User.username).join(User, User.id == Stream.user_id)
-        count = select(func.count(Stream.id))
-        conditions: list[ColumnElement[bool]] = []
         if live_only:
-            conditions.append(Stream.status.in_(LIVE_STATUSES))
+            scope: object = "live"
         elif actor.is_admin:
-            if user_id is not None:
-                conditions.append(Stream.user_id == user_id)
+            scope = ("all", user_id)
         else:
             if user_id is not None and user_id != actor.id:
                 raise Forbidden("Only admins can list other users' streams")
-            conditions.append(Stream.user_id == actor.id)
-        if status is not None:
-            conditions.append(Stream.status == status)
-        for condition in conditions:
-            query = query.where(condition)
-            count = count.where(condition)
-        async with self._sessions() as session:
-            total = await session.scalar(count) or 0
-            rows = (
-                await session.execute(
-                    query.order_by(Stream.created_at.desc(), Stream.id).limit(limit).offset(offset)
-                )
-            ).all()
+            scope = ("user", actor.id)
+
+        async def load() -> tuple[list[tuple[Stream, str]], int]:
+            return await self._page(scope, status, limit, offset)
+
+        rows, total = await self._pages.get_or_load((scope, status, limit, offset), load) or ([], 0)
         return StreamList(
             streams=[self._summary(stream, username) for stream, username in rows],
             total=total,
             limit=limit,
             offset=offset,
         )
+
+    async def _page(
+        self, scope: object, status: str | None, limit: int, offset: int
+    ) -> tuple[list[tuple[Stream, str]], int]:
+        query = select(Stream, User.username).join(User, User.id == Stream.user_id)
+        count = select(func.count(Stream.id))
+        conditions: list[ColumnElement[bool]] = []
+        if scope == "live":
+            conditions.append(Stream.status.in_(LIVE_STATUSES))
+        elif isinstance(scope, tuple) and scope[1] is not None:  # ("all", user_id) or ("user", id)
+            conditions.append(Stream.user_id == scope[1])
+        if status is not None:
+            conditions.append(Stream.status == status)
+        for condition in conditions:
+            query = query.where(condition)
+            count = count.where(condition)
+        async with self._sessions() as session:
+            rows, total = await fetch_page(
+                session, query.order_by(Stream.created_at.desc(), Stream.id), count, limit, offset
+            )
+        return [(stream, username) for stream, username in rows], total
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -503,7 +526,7 @@ class StreamService:
         )
         async with self._sessions() as session:
             session.add(stream)
-            await session.commit()
+            await self._commit(session, stream.id)
         log.info("stream=%s created by user_id=%s", stream.id, actor.id, extra={"stream_id": stream.id})
         return StreamCreated(
             stream_id=stream.id,
@@ -642,7 +665,7 @@ class StreamService:
             raise ServiceUnavailable(f"Could not stop the stream: {exc}") from None
         finally:
             # The owner changed the row: without Redis nothing else tells this node's read cache.
-            self._rows.invalidate(stream_id)
+            self._forget(stream_id)
         if status == 200:
             try:
                 return msgspec.convert(reply, StreamStopped)
@@ -697,7 +720,7 @@ class StreamService:
         async def announce() -> None:
             for stream, username, staged in ended:
                 hls_dir = self.hls_dir(stream.id)
-                self._rows.invalidate(stream.id)
+                self._forget(stream.id)
                 log.warning("stream=%s stopped: %s", stream.id, reason, extra={"stream_id": stream.id})
                 await self._bus.publish(StreamChanged(stream.id))
                 await self._bus.publish(StreamStatusChanged(stream.id, STOPPED, stream.user_id, reason))
@@ -888,8 +911,16 @@ class StreamService:
         return self._ingest.status(stream_id)
 
     async def hls_files_count(self, stream_id: str) -> int:
-        """Segment files of the stream on disk (counted on a thread, recounted only on change)."""
-        return await asyncio.to_thread(self._segment_counter.count, self.hls_dir(stream_id))
+        """Segment files of the stream on disk (counted on a thread, recounted only on change).
+
+        Asked on a thread at most every FILE_COUNT_SECONDS per stream: one thread hop per status
+        poll was most of the poll's CPU and its p99 under load (bench/api.py).
+        """
+
+        async def count() -> int:
+            return await asyncio.to_thread(self._segment_counter.count, self.hls_dir(stream_id))
+
+        return await self._file_counts.get_or_load(stream_id, count) or 0
 
 
 class SegmentCounter:

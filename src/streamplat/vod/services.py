@@ -32,10 +32,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from streamplat.auth import Principal, User
-from streamplat.db import isoformat
+from streamplat.db import fetch_page, isoformat
 from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
-from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamEnded
+from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamChanged, StreamEnded
 from streamplat.logs import stream_context
+from streamplat.readcache import ReadCache
 from streamplat.vod.models import FAILED, LOCAL, OBJECT_STORAGE, PROCESSING, READY, Recording
 from streamplat.vod.objectstore import (
     ObjectStorageError,
@@ -79,6 +80,7 @@ class RecordingService:
         job_timeout_seconds: float = 3600.0,
         store: ObjectStore | None = None,
         live_uploads: LiveUploads | None = None,
+        read_cache_seconds: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
@@ -95,6 +97,14 @@ class RecordingService:
         self._live_uploads = live_uploads
         self._upload_problem: str | None = None
         self._backing_off: dict[str, asyncio.Event] = {}  # uploads waiting to try again; set = now
+        # Rows and list pages read per request (a recording, the library, each file request),
+        # kept for a moment (readcache.py). Every change here goes through _commit; a stopped
+        # stream's new row (written in the stream's transaction) and changes made elsewhere
+        # arrive as events (forget).
+        self._rows: ReadCache[str, tuple[Recording, str]] = ReadCache(read_cache_seconds)
+        self._pages: ReadCache[tuple[object, ...], tuple[list[tuple[Recording, str]], int]] = ReadCache(
+            read_cache_seconds, max_entries=1_000
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -105,6 +115,7 @@ class RecordingService:
         for n in range(self._workers):
             self._tasks.create_task(self._worker(n), name=f"vod-worker-{n}")
         self._bus.subscribe(StreamEnded, self._on_stream_ended)
+        self._bus.subscribe(StreamChanged, self._on_stream_changed)
         await self._resume()
         if self._store is not None:
             self._tasks.create_task(self._sweep_live(), name="vod-live-sweep")
@@ -114,6 +125,7 @@ class RecordingService:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._bus.unsubscribe(StreamEnded, self._on_stream_ended)
+        self._bus.unsubscribe(StreamChanged, self._on_stream_changed)
         # Jobs in progress are cancelled (their FFmpeg is killed and temp files removed); their
         # rows stay "processing" and are resumed at the next start, so nothing is lost.
         self._draining = True
@@ -192,6 +204,21 @@ class RecordingService:
         )
         return True
 
+    def _on_stream_changed(self, event: StreamChanged) -> None:
+        # A stop commits the recording's row with the stream's: published after that commit.
+        self.forget(event.stream_id)
+
+    def forget(self, stream_id: str) -> None:
+        """The stream's recording changed, appeared or went: forget it, and every list page."""
+        self._rows.invalidate(stream_id)
+        self._pages.clear()
+
+    async def _commit(self, session: AsyncSession, stream_id: str) -> None:
+        try:
+            await session.commit()
+        finally:
+            self.forget(stream_id)
+
     def _on_stream_ended(self, event: StreamEnded) -> None:
         # The row was committed with the stop; this only wakes a worker (the row alone would
         # be found at the next start-up anyway).
@@ -238,7 +265,7 @@ class RecordingService:
             if rec is None or rec.status != PROCESSING:
                 return
             rec.attempts += 1
-            await session.commit()
+            await self._commit(session, stream_id)
             media_dir, user_id = Path(rec.media_dir), rec.user_id
             out_dir = self._vod_root / stream_id
             packaged = _already_packaged(rec, out_dir) if self._store is not None else None
@@ -391,7 +418,7 @@ class RecordingService:
             rec.status_reason = status_reason
             if status == READY:
                 rec.storage = OBJECT_STORAGE if self._store is not None else LOCAL
-            await session.commit()
+            await self._commit(session, stream_id)
         return True
 
     async def _upload(self, stream_id: str, out_dir: Path, processing_seconds: float) -> bool:
@@ -466,7 +493,7 @@ class RecordingService:
             if rec is None or rec.status != PROCESSING:
                 return False
             rec.status_reason = reason
-            await session.commit()
+            await self._commit(session, stream_id)
         return True
 
     async def _fail(self, stream_id: str, reason: str, processing_seconds: float | None) -> None:
@@ -478,7 +505,7 @@ class RecordingService:
             rec.error = reason
             rec.status_reason = None
             user_id = rec.user_id
-            await session.commit()
+            await self._commit(session, stream_id)
         log.error("stream=%s recording failed: %s", stream_id, reason, extra={"stream_id": stream_id})
         await self._bus.publish(RecordingFailed(stream_id, user_id, reason, processing_seconds))
 
@@ -523,34 +550,47 @@ class RecordingService:
             storage="object_storage" if rec.storage == OBJECT_STORAGE else "local",
         )
 
+    async def _read(self, stream_id: str) -> tuple[Recording, str]:
+        """The recording's row and owner's name for reading (never written to), cached briefly."""
+
+        async def load() -> tuple[Recording, str]:
+            async with self._sessions() as session:
+                return await self._get(session, stream_id)
+
+        row = await self._rows.get_or_load(stream_id, load)
+        assert row is not None  # load() returns a row or raises NotFound
+        return row
+
     async def get_recording(self, stream_id: str) -> RecordingOut:
         """One recording by its stream id."""
-        async with self._sessions() as session:
-            rec, username = await self._get(session, stream_id)
+        rec, username = await self._read(stream_id)
         return self._out(rec, username)
 
     async def list_recordings(
         self, *, user_id: int | None, status: str | None, limit: int, offset: int
     ) -> RecordingList:
         """A page of recordings, newest first."""
-        query = select(Recording, User.username).join(User, User.id == Recording.user_id)
-        count = select(func.count(Recording.id))
-        if user_id is not None:
-            query, count = (
-                query.where(Recording.user_id == user_id),
-                count.where(Recording.user_id == user_id),
-            )
-        if status is not None:
-            query, count = query.where(Recording.status == status), count.where(Recording.status == status)
-        async with self._sessions() as session:
-            total = await session.scalar(count) or 0
-            rows = (
-                await session.execute(
-                    query.order_by(Recording.created_at.desc(), Recording.id.desc())
-                    .limit(limit)
-                    .offset(offset)
+
+        async def load() -> tuple[list[tuple[Recording, str]], int]:
+            query = select(Recording, User.username).join(User, User.id == Recording.user_id)
+            count = select(func.count(Recording.id))
+            if user_id is not None:
+                query, count = (
+                    query.where(Recording.user_id == user_id),
+                    count.where(Recording.user_id == user_id),
                 )
-            ).all()
+            if status is not None:
+                query, count = (
+                    query.where(Recording.status == status),
+                    count.where(Recording.status == status),
+                )
+            query = query.order_by(Recording.created_at.desc(), Recording.id.desc())
+            async with self._sessions() as session:
+                rows, total = await fetch_page(session, query, count, limit, offset)
+            return [(rec, username) for rec, username in rows], total
+
+        page = await self._pages.get_or_load((user_id, status, limit, offset), load)
+        rows, total = page or ([], 0)
         return RecordingList(
             recordings=[self._out(rec, username) for rec, username in rows],
             total=total,
@@ -563,8 +603,7 @@ class RecordingService:
         A path on the local disk, or a presigned URL of the object (for HEAD when `head`: the
         signature covers the method) for recordings kept in object storage.
         """
-        async with self._sessions() as session:
-            rec, _ = await self._get(session, stream_id)
+        rec, _ = await self._read(stream_id)
         if rec.status == PROCESSING:
             raise Conflict("Recording is still processing; try again shortly")
         if rec.status == FAILED:
@@ -601,7 +640,7 @@ class RecordingService:
                     "Recording is kept in object storage, which is not configured on this server"
                 )
             await session.delete(rec)
-            await session.commit()
+            await self._commit(session, stream_id)
         await asyncio.to_thread(_remove_trees, self._vod_root / stream_id, media_dir)
         log.info(
             "stream=%s recording deleted by user_id=%s", stream_id, actor.id, extra={"stream_id": stream_id}
@@ -645,7 +684,7 @@ class RecordingService:
             rec.status = PROCESSING
             rec.error = None
             rec.status_reason = None
-            await session.commit()
+            await self._commit(session, stream_id)
         self._enqueue(stream_id)
         log.info("stream=%s recording retry queued", stream_id, extra={"stream_id": stream_id})
         return RetryStarted(message="Recording processing restarted", stream_id=stream_id, status=PROCESSING)
