@@ -32,7 +32,7 @@ from streamplat.auth.tokens import TokenIssuer, load_or_create_secret
 from streamplat.cluster import EventRelay, RedisCollector, RedisLink, SharedRateLimiter, SharedViewerTracker
 from streamplat.config import Settings
 from streamplat.db import create_engine, ensure_reachable, migrate, schema_revisions, session_factory
-from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamChanged
+from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamChanged, UserChanged
 from streamplat.hls.asgi import HlsFastPath
 from streamplat.hls.disk import finalise_index
 from streamplat.hls.offload import LiveOffload
@@ -240,6 +240,8 @@ class Platform:
         self.nodes.rejoined = self.streams.drop_orphaned_ingests
         self._stack.callback(setattr, self.nodes, "recover", None)
         self._stack.callback(setattr, self.nodes, "rejoined", None)
+        self.remote_bus.subscribe(UserChanged, self.auth.forget_user_pages)
+        self._stack.callback(self.remote_bus.unsubscribe, UserChanged, self.auth.forget_user_pages)
         remote, forget = self.remote_bus, self._on_remote_stream_changed
         remote.subscribe(StreamChanged, forget)
         remote.subscribe(RecordingReady, forget)

@@ -26,6 +26,7 @@ from streamplat.auth.tokens import InvalidToken, TokenIssuer, hash_refresh_token
 from streamplat.db import fetch_page, isoformat, utcnow
 from streamplat.errors import Conflict, Forbidden, NotFound, Unauthorized
 from streamplat.events import EventBus, UserChanged
+from streamplat.readcache import ReadCache
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ class AuthService:
         self._bus = bus or EventBus()
         # Off unless given: only a cache attached to `bus` learns about changes.
         self.principals = principals or PrincipalCache(ttl_seconds=0)
+        # Pages of GET /auth/users, for as long as principals are trusted; every user change
+        # (UserChanged, from here or relayed from another node) forgets them all.
+        self._user_pages: ReadCache[tuple[object, ...], tuple[list[User], int]] = ReadCache(
+            self.principals.ttl, max_entries=1_000
+        )
+        self._bus.subscribe(UserChanged, self.forget_user_pages)
+
+    def forget_user_pages(self, _event: UserChanged | None = None) -> None:
+        """A user changed or appeared: the cached pages of the user list are out of date."""
+        self._user_pages.clear()
 
     # --- registration and login --------------------------------------------------------------
 
@@ -93,6 +104,8 @@ class AuthService:
                 await session.rollback()
                 await self._ensure_unique(session, email, data.username)
                 raise Conflict("User already exists") from None
+        # Announced like any change to a user: user lists here and on other nodes show it.
+        await self._bus.publish(UserChanged(user.id))
         log.info("user registered id=%s username=%s role=%s", user.id, user.username, user.role)
         return user_out(user)
 
@@ -228,14 +241,19 @@ class AuthService:
 
     async def list_users(self, limit: int, offset: int, role: str | None = None) -> UserList:
         """A page of users, oldest first."""
-        query = select(User)
-        count = select(func.count(User.id))
-        if role:
-            query = query.where(User.role == role)
-            count = count.where(User.role == role)
-        async with self._sessions() as session:
-            rows, total = await fetch_page(session, query.order_by(User.id), count, limit, offset)
-        return UserList(users=[user_out(user) for (user,) in rows], total=total, limit=limit, offset=offset)
+
+        async def load() -> tuple[list[User], int]:
+            query = select(User)
+            count = select(func.count(User.id))
+            if role:
+                query = query.where(User.role == role)
+                count = count.where(User.role == role)
+            async with self._sessions() as session:
+                rows, total = await fetch_page(session, query.order_by(User.id), count, limit, offset)
+            return [user for (user,) in rows], total
+
+        users, total = await self._user_pages.get_or_load((role, limit, offset), load) or ([], 0)
+        return UserList(users=[user_out(user) for user in users], total=total, limit=limit, offset=offset)
 
     async def update_user(self, user_id: int, data: UserUpdateIn, actor: Principal) -> UserOut:
         """Change a user's role or active flag; the last active admin cannot be demoted or deactivated."""
