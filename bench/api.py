@@ -26,10 +26,11 @@ Beside req/s, runs 1-3 print the serving process's CPU time per request (all its
 CPU per request hardly does, so that ratio is the one to compare between runs at different load.
 Then the same API on PostgreSQL vs on SQLite (skipped with a note when PostgreSQL at --pg-url
 does not answer): two streamplat servers, one per database, both with the read caches off
-(auth.principal_cache_seconds = server.read_cache_seconds = 0, so every request queries the
-database) and each run alternately --rounds times, best run kept:
-  5. `GET /api/streams/{id}` (Bearer): 2 queries per request (principal, stream + owner)
-  6. `GET /api/streams?limit=20` (Bearer): 3 queries (principal, count, page)
+(auth.principal_cache_seconds = server.read_cache_seconds = 0: no answer outlives its request,
+though identical reads in flight at once share one query) and each run alternately --rounds
+times, best run kept:
+  6. `GET /api/streams/{id}` (Bearer): 2 queries per read (principal, stream + owner)
+  7. `GET /api/streams?limit=20` (Bearer): 2 queries (principal, the page with its total)
   printed with the PostgreSQL/SQLite ratio (goal >= 0.8x). `--databases-only` runs just this part.
 The machine running this is the one serving: wrk, both servers and argon2 share its cores, so
 absolute numbers move with whatever else runs. The ratios are the point.
