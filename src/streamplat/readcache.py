@@ -23,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+S = TypeVar("S")
 
 REFRESH_AHEAD = 0.25  # an entry read with less than this share of its life left is read again
 
-__all__ = ["ReadCache"]
+__all__ = ["ReadCache", "cached_row"]
 
 
 class ReadCache(Generic[K, V]):
@@ -127,3 +129,21 @@ class ReadCache(Generic[K, V]):
         else:
             self.put(key, value, generation)
         return value
+
+
+async def cached_row(
+    cache: ReadCache[K, V],
+    sessions: Callable[[], AbstractAsyncContextManager[S]],
+    get: Callable[[S, K], Awaitable[V]],
+    key: K,
+) -> V:
+    """`key`'s row from `cache`, else read by `get` in a session of its own (which returns the
+    row or raises, e.g. NotFound). The row is for reading: changes load their own."""
+
+    async def load() -> V:
+        async with sessions() as session:
+            return await get(session, key)
+
+    row = await cache.get_or_load(key, load)
+    assert row is not None  # get() returns a row or raises
+    return row

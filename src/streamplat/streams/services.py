@@ -51,7 +51,7 @@ from streamplat.events import (
     ViewerCountChanged,
 )
 from streamplat.logs import detached_from_request
-from streamplat.readcache import ReadCache
+from streamplat.readcache import ReadCache, cached_row
 from streamplat.streams.models import ACTIVE, CREATED, LIVE_STATUSES, STOPPED, WAITING, Stream
 from streamplat.streams.portpool import PortPool, PortPoolExhausted
 from streamplat.streams.schemas import (
@@ -372,14 +372,7 @@ class StreamService:
 
         The cached Stream is detached and never written to: every change loads its own row.
         """
-
-        async def load() -> tuple[Stream, str]:
-            async with self._sessions() as session:
-                return await self._get(session, stream_id)
-
-        row = await self._rows.get_or_load(stream_id, load)
-        assert row is not None  # load() returns a row or raises NotFound
-        return row
+        return await cached_row(self._rows, self._sessions, self._get, stream_id)
 
     async def _get(
         self, session: AsyncSession, stream_id: str, *, for_update: bool = False

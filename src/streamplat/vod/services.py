@@ -36,7 +36,7 @@ from streamplat.db import fetch_page, isoformat
 from streamplat.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from streamplat.events import EventBus, RecordingFailed, RecordingReady, StreamChanged, StreamEnded
 from streamplat.logs import stream_context
-from streamplat.readcache import ReadCache
+from streamplat.readcache import ReadCache, cached_row
 from streamplat.vod.models import FAILED, LOCAL, OBJECT_STORAGE, PROCESSING, READY, Recording
 from streamplat.vod.objectstore import (
     ObjectStorageError,
@@ -552,14 +552,7 @@ class RecordingService:
 
     async def _read(self, stream_id: str) -> tuple[Recording, str]:
         """The recording's row and owner's name for reading (never written to), cached briefly."""
-
-        async def load() -> tuple[Recording, str]:
-            async with self._sessions() as session:
-                return await self._get(session, stream_id)
-
-        row = await self._rows.get_or_load(stream_id, load)
-        assert row is not None  # load() returns a row or raises NotFound
-        return row
+        return await cached_row(self._rows, self._sessions, self._get, stream_id)
 
     async def get_recording(self, stream_id: str) -> RecordingOut:
         """One recording by its stream id."""
