@@ -20,7 +20,9 @@ Measured, in this order, each run for --seconds with --connections keep-alive co
   5. every other read of the spec (and of ours) at --connections, --route-seconds each, with
      the shipped settings (caches as configured): /auth/validate, the stream list pages, live
      streams, /stream/{id}/status, the recordings list, users (admin) and /health on the
-     other three ports; p99 against the goal "any API p99 < 50 ms".
+     other three ports; p99 against the goal "any API p99 < 50 ms", beside the server's own
+     p99 (its access lines). References, in the same run: the bare app burning 150 and 250 us
+     of CPU per request (about what these reads cost), on the server's loop and on asyncio's.
 Beside req/s, runs 1-3 print the serving process's CPU time per request (all its threads, from
 /proc) and the ratio of the bare app's to it: on a busy box req/s moves with what else runs,
 CPU per request hardly does, so that ratio is the one to compare between runs at different load.
@@ -86,7 +88,15 @@ def serve_bare(port: int) -> None:
         """A tiny JSON reply."""
         return {"status": "ok"}
 
-    app = Litestar(route_handlers=[hello], logging_config=None)
+    @get("/busy", sync_to_thread=False)
+    def busy(us: int) -> dict[str, str]:
+        """The same reply after `us` microseconds of CPU: a handler as costly as one of ours."""
+        end = time.perf_counter() + us / 1e6
+        while time.perf_counter() < end:
+            pass
+        return {"status": "ok"}
+
+    app = Litestar(route_handlers=[hello, busy], logging_config=None)
     sockets = server.bind_sockets("127.0.0.1", port, "bare")
     # Plain uvicorn.Server: it handles SIGTERM itself (streamplat's own servers leave that to `serve`).
     srv = uvicorn.Server(server.uvicorn_config(app, settings))
@@ -457,7 +467,31 @@ def bench_routes(
         ("GET /health (stream)", f"{base['stream']}/health", None),
         ("GET /health (vod)", f"{base['vod']}/health", None),
     ]
-    results: dict[str, WrkResult] = {}
+    # The references: the bare app (the server's loop) and the same app on asyncio's loop, each
+    # burning about as much CPU per request as the routes above cost.
+    asyncio_port = free_port()
+    asyncio_log = tmp / "bare-asyncio.log"
+    with asyncio_log.open("wb") as out:
+        asyncio_bare = subprocess.Popen(
+            [sys.executable, str(HERE), "--serve-bare", str(asyncio_port)],
+            env={**base_env(ports), "STREAMPLAT_SERVER__LOOP": "asyncio"},
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_up(f"http://127.0.0.1:{asyncio_port}/", asyncio_bare, asyncio_log)
+        references = [
+            (f"bare Litestar, {us} us of CPU per request ({loop})", f"{base}/busy?us={us}")
+            for us in (150, 250)
+            for loop, base in (
+                ("server's loop", f"http://127.0.0.1:{ports['bare']}"),
+                ("asyncio loop", f"http://127.0.0.1:{asyncio_port}"),
+            )
+        ]
+        results = {label: run_wrk(url, args.route_seconds, args.connections) for label, url in references}
+    finally:
+        stop_processes([asyncio_bare])
     log = tmp / "streamplat.log"
     for label, url, bearer in runs:
         status, _ = request("GET", url, token=bearer)

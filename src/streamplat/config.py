@@ -41,8 +41,10 @@ class ServerSettings(_Section):
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
     max_body_bytes: int = 1_048_576
     shutdown_timeout_seconds: float = 15.0
-    # "auto": uvloop and httptools when importable (they are dependencies), else asyncio and h11.
-    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # loop "asyncio" (the default): asyncio's own loop, fairer than uvloop under load (README,
+    # "Event loop"); "auto": uvloop when importable (a dependency), else asyncio's.
+    # http "auto": httptools when importable (a dependency), else h11.
+    loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
     http: Literal["auto", "httptools", "h11"] = "auto"
     # Request line + headers larger than this get 431; headers not complete this long after a
     # request starts (or a connection opens) get the connection closed (slow-header clients).

@@ -181,7 +181,7 @@ def direct_hls(app: Litestar) -> DirectHls | None:
 
 
 def run(settings: Settings) -> None:
-    """Run `serve` on the configured event loop (uvloop by default) until SIGINT or SIGTERM."""
+    """Run `serve` on the configured event loop (asyncio's by default) until SIGINT or SIGTERM."""
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
         runner.run(serve(settings))
 

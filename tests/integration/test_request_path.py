@@ -29,8 +29,24 @@ def test_kept_alive_small_requests_are_not_delayed_by_nagle(server: ServerProces
     assert median_ms < 20, f"median {median_ms:.1f} ms over 50 kept-alive requests: {sorted(took)}"
 
 
-def test_default_stack_is_uvloop_and_httptools(server: ServerProcess) -> None:
-    assert "http stack uvloop + httptools" in server.logs()
+def test_default_stack_is_asyncio_and_httptools(server: ServerProcess) -> None:
+    assert "http stack asyncio + httptools" in server.logs()
+
+
+def test_uvloop_on_request_serves_the_api(server_factory: Callable[..., ServerProcess]) -> None:
+    srv = server_factory({"STREAMPLAT_SERVER__LOOP": "uvloop"})
+    assert "http stack uvloop + httptools" in srv.logs()
+    token = srv.user_token("onuvloop")
+    r = srv.main.post("/api/streams", json={"name": "uv"}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["stream_id"]
+    assert (
+        srv.main.post(f"/api/streams/{sid}/start", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
+    assert srv.stream.get(f"/stream/{sid}/status").json()["ffmpeg_running"] is True
+    assert srv.stop() == 0
+    assert "streamplat stopped" in srv.logs()
 
 
 def test_pure_python_fallback_serves_the_api(server_factory: Callable[..., ServerProcess]) -> None:

@@ -32,11 +32,14 @@ async def test_accepted_connections_have_nagle_off() -> None:
         await server.wait_closed()
 
 
-def test_fast_stack_by_default_and_pure_python_on_request() -> None:
+def test_asyncio_loop_and_httptools_by_default_uvloop_and_h11_on_request() -> None:
     import uvloop
 
     default = load(None, environ={})
-    assert loop_factory(default) is uvloop.new_event_loop
+    assert loop_factory(default) is None  # asyncio's own loop
+    for choice in ("auto", "uvloop"):
+        chosen = load(None, environ={"STREAMPLAT_SERVER__LOOP": choice})
+        assert loop_factory(chosen) is uvloop.new_event_loop
     assert http_parser(default) == "httptools"
     assert uvicorn_config(Litestar(), default).http.__name__ == "LimitedHttpToolsProtocol"
     forced = load(None, environ={"STREAMPLAT_SERVER__LOOP": "asyncio", "STREAMPLAT_SERVER__HTTP": "h11"})
