@@ -22,7 +22,8 @@ Measured, in this order, each run for --seconds with --connections keep-alive co
      streams, /stream/{id}/status, the recordings list, users (admin) and /health on the
      other three ports; p99 against the goal "any API p99 < 50 ms", beside the server's own
      p99 (its access lines). References, in the same run: the bare app burning 150 and 250 us
-     of CPU per request (about what these reads cost), on the server's loop and on asyncio's.
+     of CPU per request (about what these reads cost), on the server's loop and on the other
+     one (asyncio's / uvloop).
 Beside req/s, runs 1-3 print the serving process's CPU time per request (all its threads, from
 /proc) and the ratio of the bare app's to it: on a busy box req/s moves with what else runs,
 CPU per request hardly does, so that ratio is the one to compare between runs at different load.
@@ -467,31 +468,35 @@ def bench_routes(
         ("GET /health (stream)", f"{base['stream']}/health", None),
         ("GET /health (vod)", f"{base['vod']}/health", None),
     ]
-    # The references: the bare app (the server's loop) and the same app on asyncio's loop, each
-    # burning about as much CPU per request as the routes above cost.
-    asyncio_port = free_port()
-    asyncio_log = tmp / "bare-asyncio.log"
-    with asyncio_log.open("wb") as out:
-        asyncio_bare = subprocess.Popen(
-            [sys.executable, str(HERE), "--serve-bare", str(asyncio_port)],
-            env={**base_env(ports), "STREAMPLAT_SERVER__LOOP": "asyncio"},
+    # The references: the bare app (on the server's loop) and the same app on the other loop,
+    # each burning about as much CPU per request as the routes above cost.
+    from streamplat import config
+
+    own_loop = "asyncio" if config.load(None).server.loop == "asyncio" else "uvloop"
+    other_loop = "uvloop" if own_loop == "asyncio" else "asyncio"
+    other_port = free_port()
+    other_log = tmp / f"bare-{other_loop}.log"
+    with other_log.open("wb") as out:
+        other_bare = subprocess.Popen(
+            [sys.executable, str(HERE), "--serve-bare", str(other_port)],
+            env={**base_env(ports), "STREAMPLAT_SERVER__LOOP": other_loop},
             cwd=tmp,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_up(f"http://127.0.0.1:{asyncio_port}/", asyncio_bare, asyncio_log)
+        wait_up(f"http://127.0.0.1:{other_port}/", other_bare, other_log)
         references = [
-            (f"bare Litestar, {us} us of CPU per request ({loop})", f"{base}/busy?us={us}")
+            (f"bare Litestar, {us} us of CPU per request ({loop})", f"{origin}/busy?us={us}")
             for us in (150, 250)
-            for loop, base in (
-                ("server's loop", f"http://127.0.0.1:{ports['bare']}"),
-                ("asyncio loop", f"http://127.0.0.1:{asyncio_port}"),
+            for loop, origin in (
+                (f"{own_loop}, as the server", f"http://127.0.0.1:{ports['bare']}"),
+                (other_loop, f"http://127.0.0.1:{other_port}"),
             )
         ]
         results = {label: run_wrk(url, args.route_seconds, args.connections) for label, url in references}
     finally:
-        stop_processes([asyncio_bare])
+        stop_processes([other_bare])
     log = tmp / "streamplat.log"
     for label, url, bearer in runs:
         status, _ = request("GET", url, token=bearer)
