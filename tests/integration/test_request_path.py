@@ -33,6 +33,11 @@ def test_default_stack_is_asyncio_and_httptools(server: ServerProcess) -> None:
     assert "http stack asyncio + httptools" in server.logs()
 
 
+def test_startup_objects_are_frozen_out_of_full_collections(server: ServerProcess) -> None:
+    found = re.search(r"gc: (\d+) objects from start-up frozen", server.logs())
+    assert found is not None and int(found[1]) > 10_000, server.logs()[-2000:]
+
+
 def test_uvloop_on_request_serves_the_api(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory({"STREAMPLAT_SERVER__LOOP": "uvloop"})
     assert "http stack uvloop + httptools" in srv.logs()
