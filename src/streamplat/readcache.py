@@ -57,14 +57,20 @@ class ReadCache(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         """The cached value, or None if absent or expired."""
+        fresh = self._fresh(key)
+        return fresh[0] if fresh is not None else None
+
+    def _fresh(self, key: K) -> tuple[V, float] | None:
+        """The cached value and the seconds it has left; None (and forgotten) once expired."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         expires, value = entry
-        if self._clock() >= expires:
+        left = expires - self._clock()
+        if left <= 0:
             del self._entries[key]
             return None
-        return value
+        return value, left
 
     def put(self, key: K, value: V, generation: int) -> None:
         """Remember `value`, unless anything was invalidated since `generation`."""
@@ -91,15 +97,12 @@ class ReadCache(Generic[K, V]):
         """The cached value, else what `load` returns (None: nothing to cache), read once for all
         callers that miss `key` at the same time. `load`'s exception reaches every one of them.
         A value near its expiry is returned at once and read again in the background."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            expires, value = entry
-            left = expires - self._clock()
-            if left > 0:
-                if left < self.ttl * REFRESH_AHEAD and key not in self._loading:
-                    self._start_load(key, load)
-                return value
-            del self._entries[key]
+        fresh = self._fresh(key)
+        if fresh is not None:
+            value, left = fresh
+            if left < self.ttl * REFRESH_AHEAD and key not in self._loading:
+                self._start_load(key, load)
+            return value
         pending = self._loading.get(key) or self._start_load(key, load)
         # Shielded: a caller that goes away (client disconnected) must not cancel the others' read.
         return await asyncio.shield(pending)
