@@ -458,19 +458,21 @@ class StreamService:
         live_only: bool = False,
     ) -> StreamList:
         """A page of streams, newest first: the caller's own, everyone's for admins or live_only."""
+        owner: int | None  # whose streams; None: everyone's
         if live_only:
-            scope: object = "live"
+            owner = None
         elif actor.is_admin:
-            scope = ("all", user_id)
+            owner = user_id
         else:
             if user_id is not None and user_id != actor.id:
                 raise Forbidden("Only admins can list other users' streams")
-            scope = ("user", actor.id)
+            owner = actor.id
 
         async def load() -> tuple[list[tuple[Stream, str]], int]:
-            return await self._page(scope, status, limit, offset)
+            return await self._page(live_only, owner, status, limit, offset)
 
-        rows, total = await self._pages.get_or_load((scope, status, limit, offset), load) or ([], 0)
+        key = (live_only, owner, status, limit, offset)
+        rows, total = await self._pages.get_or_load(key, load) or ([], 0)
         return StreamList(
             streams=[self._summary(stream, username) for stream, username in rows],
             total=total,
@@ -479,20 +481,17 @@ class StreamService:
         )
 
     async def _page(
-        self, scope: object, status: str | None, limit: int, offset: int
+        self, live_only: bool, owner: int | None, status: str | None, limit: int, offset: int
     ) -> tuple[list[tuple[Stream, str]], int]:
-        query = select(Stream, User.username).join(User, User.id == Stream.user_id)
-        count = select(func.count(Stream.id))
         conditions: list[ColumnElement[bool]] = []
-        if scope == "live":
+        if live_only:
             conditions.append(Stream.status.in_(LIVE_STATUSES))
-        elif isinstance(scope, tuple) and scope[1] is not None:  # ("all", user_id) or ("user", id)
-            conditions.append(Stream.user_id == scope[1])
+        if owner is not None:
+            conditions.append(Stream.user_id == owner)
         if status is not None:
             conditions.append(Stream.status == status)
-        for condition in conditions:
-            query = query.where(condition)
-            count = count.where(condition)
+        query = select(Stream, User.username).join(User, User.id == Stream.user_id).where(*conditions)
+        count = select(func.count(Stream.id)).where(*conditions)
         async with self._sessions() as session:
             rows, total = await fetch_page(
                 session, query.order_by(Stream.created_at.desc(), Stream.id), count, limit, offset
