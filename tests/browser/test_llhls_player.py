@@ -32,6 +32,19 @@ PLAY = """async ([src, config]) => {
   const hls = config === null ? new Hls() : new Hls(config);
   window.hlsErrors = [];
   hls.on(Hls.Events.ERROR, (_e, d) => window.hlsErrors.push((d.fatal ? 'FATAL ' : '') + d.details));
+  // Which media sequence numbers hls.js loaded whole, and whether any playlist it read listed
+  // an INDEPENDENT part for them (hls.js can only start a segment's parts at an independent one).
+  window.wholeLoads = [];
+  window.independentPart = {};
+  hls.on(Hls.Events.LEVEL_LOADED, (_e, d) => {
+    for (const part of d.details.partList || []) {
+      const sn = part.fragment.sn;
+      window.independentPart[sn] = window.independentPart[sn] === true || part.independent;
+    }
+  });
+  hls.on(Hls.Events.FRAG_LOADING, (_e, d) => {
+    if (!d.part && d.frag.sn !== 'initSegment') window.wholeLoads.push(d.frag.sn);
+  });
   hls.loadSource(src);
   hls.attachMedia(video);
   video.play().catch(() => {});
@@ -49,6 +62,8 @@ STATE = """() => {
     errors: window.hlsErrors,
     width: window.video.videoWidth,
     latency: window.hls.latency,
+    wholeLoads: window.wholeLoads,
+    independentPart: window.independentPart,
   };
 }"""
 
@@ -83,7 +98,15 @@ def test_hlsjs_plays_the_live_stream(
     assert state["width"] == 640
     assert not [e for e in state["errors"] if e.startswith("FATAL")], state
     if loads_parts:
-        assert state["parts"] >= 5 and state["segments"] == 0, state
+        assert state["parts"] >= 5, state
+        # hls.js loads a segment whole only when none of its listed parts is INDEPENDENT. That is
+        # the segment after a run's short first segment (ingest.first_segment_seconds): it holds
+        # the rest of the first GOP, so a player that joins within the stream's first second
+        # starts there. Any other whole segment means hls.js fell out of part mode.
+        keyframeless = [sn for sn, independent in state["independentPart"].items() if independent is False]
+        assert state["segments"] == len(state["wholeLoads"]), state
+        assert all(str(sn) in keyframeless for sn in state["wholeLoads"]), state
+        assert len(state["wholeLoads"]) <= 1, state
     else:
         assert state["segments"] >= 3 and state["parts"] == 0, state
     # the viewer is counted from its playlist/part requests
