@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cluster import Cluster, NginxProcess
 from tests.support.media import Publisher
 from tests.support.server import ServerProcess, make_server, running_server
+
+# How much of each server's (and nginx's) log a failed test's report shows: the end, where the
+# failure is (module-scoped servers have served earlier tests too).
+LOG_TAIL_CHARS = 6000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the logs of the servers and nginx it used.
+
+    A failure in CI happens on a machine nobody can look at afterwards, and the processes'
+    logs are in temporary directories that later runs delete.
+    """
+    report: pytest.TestReport = yield
+    if report.failed:
+        for name, process in _processes(getattr(item, "funcargs", {})):
+            if text := process.logs():
+                title = f"log of {name} (last {LOG_TAIL_CHARS} characters)"
+                report.sections.append((title, text[-LOG_TAIL_CHARS:]))
+    return report
+
+
+def _processes(funcargs: dict[str, Any]) -> Iterator[tuple[str, ServerProcess | NginxProcess]]:
+    for name, value in funcargs.items():
+        if isinstance(value, ServerProcess | NginxProcess):
+            yield name, value
+        elif isinstance(value, Cluster):
+            yield f"{name}.a", value.a
+            yield f"{name}.b", value.b
+            yield f"{name}.nginx", value.nginx
 
 
 @pytest.fixture(name="db", scope="module", params=["sqlite", "postgresql"])
