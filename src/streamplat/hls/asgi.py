@@ -28,7 +28,7 @@ from streamplat.hls.store import Blob, LiveStore, LiveStream
 from streamplat.http import RequestContext, header_value, request_id_of
 from streamplat.logs import request_id_var
 
-__all__ = ["DirectHls", "HlsFastPath"]
+__all__ = ["AllowOrigin", "DirectHls", "HlsFastPath", "send_blob"]
 
 _PART = re.compile(r"part_([1-9]\d{0,8})_(\d{1,9})\.m4s")
 _SEGMENT = re.compile(r"seg_([1-9]\d{0,8})_(\d{1,12})\.m4s")
@@ -59,6 +59,46 @@ def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = 
     return Blob(body, headers)
 
 
+class AllowOrigin:
+    """CORS headers for an answer written here instead of by Litestar's CORS middleware, the
+    same as it writes them: `*` when any origin is allowed, else the request's Origin (if
+    allowed) with `Vary: Origin`; nothing for a request without an allowed Origin."""
+
+    def __init__(self, origins: list[str] | None) -> None:
+        self._any = "*" in (origins or [])
+        self._origins = {o.encode() for o in origins or []}
+
+    def __call__(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if not self._origins:
+            return []
+        origin = header_value(headers, b"origin")
+        if origin is None:
+            return []
+        if self._any:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin in self._origins:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return []
+
+
+async def send_blob(
+    send: Send, status: int, blob: Blob, extra: list[tuple[bytes, bytes]], *, head: bool
+) -> None:
+    """Answer with `blob` (its headers plus `extra`); the body is left out for a HEAD."""
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*blob.headers, *extra] if extra else blob.headers,
+    }
+    body: HTTPResponseBodyEvent = {
+        "type": "http.response.body",
+        "body": b"" if head else blob.body,
+        "more_body": False,
+    }
+    await send(start)
+    await send(body)
+
+
 class HlsFastPath:
     """ASGI wrapper: live HLS from memory, everything else to `app`."""
 
@@ -73,9 +113,7 @@ class HlsFastPath:
         self.app = app
         self.store = store
         self.touch = touch
-        origins = cors_origins or []
-        self._any_origin = "*" in origins
-        self._origins = {o.encode() for o in origins}
+        self._cors = AllowOrigin(cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if str(scope["type"]) != "http":
@@ -109,19 +147,7 @@ class HlsFastPath:
             return
         if viewer:
             self._touch(stream.stream_id, raw.get("client"), headers)
-        extra = self._cors(headers)
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*blob.headers, *extra] if extra else blob.headers,
-        }
-        body: HTTPResponseBodyEvent = {
-            "type": "http.response.body",
-            "body": b"" if method == "HEAD" else blob.body,
-            "more_body": False,
-        }
-        await send(start)
-        await send(body)
+        await send_blob(send, status, blob, self._cors(headers), head=method == "HEAD")
 
     def answer_now(
         self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None
@@ -204,18 +230,6 @@ class HlsFastPath:
         self.touch(
             stream_id, client[0] if client else None, None if agent is None else agent.decode("latin-1")
         )
-
-    def _cors(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        if not self._origins:
-            return []
-        origin = header_value(headers, b"origin")
-        if origin is None:
-            return []
-        if self._any_origin:
-            return [(b"access-control-allow-origin", b"*")]
-        if origin in self._origins:
-            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
-        return []
 
     async def _playlist(self, stream: LiveStream, query: str) -> tuple[int, Blob]:
         try:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from streamplat.hls.asgi import (
     _INIT,
@@ -32,8 +32,10 @@ from streamplat.hls.asgi import (
     _SEGMENT,
     _STREAM_ID,
     PLAYLIST,
+    AllowOrigin,
     _error,
     route_of,
+    send_blob,
 )
 from streamplat.hls.store import Blob
 from streamplat.http import header_value
@@ -73,9 +75,7 @@ class OwnerRouter:
     ) -> None:
         self.app = app
         self.owner = owner
-        origins = cors_origins or []
-        self._any_origin = "*" in origins
-        self._origins = {o.encode() for o in origins}
+        self._cors = AllowOrigin(cors_origins)
         self._unusable: set[str] = set()  # stream URLs already logged as not routable by nginx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,18 +95,8 @@ class OwnerRouter:
         # The route names the metrics use for the same resources answered here.
         raw["path_template"] = route_of(pieces[1])
         status, blob = answer
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*blob.headers, *self._allow_origin(header_value(raw["headers"], b"origin"))],
-        }
-        body: HTTPResponseBodyEvent = {
-            "type": "http.response.body",
-            "body": b"" if raw["method"] == "HEAD" else blob.body,
-            "more_body": False,
-        }
-        await send(start)
-        await send(body)
+        # CORS on the redirect itself: a cross-origin player follows it only if it passes.
+        await send_blob(send, status, blob, self._cors(raw["headers"]), head=raw["method"] == "HEAD")
 
     def _elsewhere(self, raw: dict[str, Any], stream_id: str, name: str) -> tuple[int, Blob] | None:
         """The answer sending a request for another node's live stream there, or None (not one)."""
@@ -148,12 +138,6 @@ class OwnerRouter:
         return 307, Blob(
             b"", [(b"location", location), (b"content-length", b"0"), (b"cache-control", b"no-store")]
         )
-
-    def _allow_origin(self, origin: bytes | None) -> list[tuple[bytes, bytes]]:
-        """CORS for the redirect itself: a cross-origin player follows it only if it passes."""
-        if origin is None or not (self._any_origin or origin in self._origins):
-            return []
-        return [(b"access-control-allow-origin", b"*" if self._any_origin else origin), (b"vary", b"Origin")]
 
 
 def _node_address(url: str) -> tuple[str, str, int] | None:

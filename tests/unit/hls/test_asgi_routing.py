@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streamplat.hls.asgi import HlsFastPath
+from streamplat.hls.asgi import AllowOrigin, HlsFastPath
 from streamplat.hls.owners import OwnerRouter
 from streamplat.hls.store import LiveStore
 
@@ -165,3 +165,24 @@ def test_ipv6_owners_are_bracketed() -> None:
 def test_head_requests_are_redirected_too() -> None:
     status, headers, body = call(OWNERS, f"/hls/{STREAM}/seg_2_31.m4s", method="HEAD")
     assert status == 307 and body == b"" and b"location" in headers
+
+
+@pytest.mark.parametrize(
+    ("origins", "origin", "expected"),
+    [
+        (["https://site.example"], b"https://site.example", [b"https://site.example", b"Origin"]),
+        (["https://site.example"], b"https://other.example", []),
+        (["https://site.example"], None, []),
+        (["*"], b"https://any.example", [b"*"]),
+        (["*"], None, []),
+        ([], b"https://site.example", []),
+    ],
+    ids=["listed", "not-listed", "no-origin", "any", "any-no-origin", "cors-off"],
+)
+def test_live_answers_and_redirects_get_the_cors_headers_litestar_gives_the_rest(
+    origins: list[str], origin: bytes | None, expected: list[bytes]
+) -> None:
+    # Litestar's CORS middleware (the disk routes): "*" without Vary, else the origin + Vary.
+    headers = [(b"host", b"x")] + ([(b"origin", origin)] if origin is not None else [])
+    names = [b"access-control-allow-origin", b"vary"][: len(expected)]
+    assert AllowOrigin(origins)(headers) == list(zip(names, expected, strict=True))
