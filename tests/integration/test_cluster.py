@@ -17,14 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.sync.client import connect
 
 from streamplat.hls.playlist import PlaylistFacts, check_playlist
 from tests.integration.test_auth import bearer
 from tests.integration.test_llhls import hint, last_part, parts, uris
 from tests.integration.test_realtime import read_until, recv, status_message
 from tests.support import pg
-from tests.support.cluster import Cluster, nginx_available, running_cluster, ssl_context
+from tests.support.cluster import Cluster, LoopWebSocket, nginx_available, running_cluster, ssl_context
 from tests.support.media import Publisher, wait_for
 from tests.support.redis import require_redis
 from tests.support.server import ServerProcess, running_server
@@ -140,11 +139,8 @@ def test_ingested_on_a_listed_watched_stopped_and_replayed_through_b_and_nginx(
 
     wait_for(listed_active, 30, message="the stream listed active via B")
 
-    with connect(
-        nginx.https_url(f"/ws?token={token}").replace("https://", "wss://"),
-        ssl=ssl_context(nginx.cert),
-        open_timeout=10,
-        proxy=None,
+    with LoopWebSocket(
+        nginx.https_url(f"/ws?token={token}").replace("https://", "wss://"), ssl_context(nginx.cert)
     ) as ws:
         assert recv(ws)["type"] == "welcome"
 

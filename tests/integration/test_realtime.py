@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -56,14 +56,21 @@ def open_ws(server: ServerProcess, token: str | None = None) -> ClientConnection
     return connect(ws_url(server, token), open_timeout=10, proxy=None)
 
 
-def recv(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
+class Receiver(Protocol):
+    """What the helpers below read from: websockets' sync client, or tests.support.cluster's
+    LoopWebSocket (TLS through nginx)."""
+
+    def recv(self, timeout: float | None = None) -> str | bytes: ...
+
+
+def recv(ws: Receiver, timeout: float = 10) -> dict[str, Any]:
     return dict(json.loads(ws.recv(timeout=timeout)))
 
 
 Message = dict[str, Any]
 
 
-def read_until(ws: ClientConnection, done: Callable[[Message], bool], timeout: float) -> list[Message]:
+def read_until(ws: Receiver, done: Callable[[Message], bool], timeout: float) -> list[Message]:
     """Every message up to and including the first one `done` accepts."""
     deadline = time.monotonic() + timeout
     seen: list[dict[str, Any]] = []
