@@ -168,3 +168,38 @@ async def test_shutdown_stops_live_streams_in_parallel(tmp_path: Path, rig: Rig)
         statuses = (await session.execute(text("SELECT status FROM streams"))).scalars().all()
     assert statuses == ["stopped"] * 3
     await rig.service.__aenter__()  # so the fixture's exit has something to close
+
+
+async def test_cached_list_pages_show_live_viewer_counts_and_changes_at_once(
+    tmp_path: Path, rig: Rig
+) -> None:
+    # Caching on (the rig's service has it off): pages keep their summaries for a minute.
+    service = StreamService(
+        rig.sessions,
+        EventBus(),
+        rig.ingest,
+        PortPool(40010, 40013, probe=False),
+        ViewerTracker(6.0),
+        tmp_path / "hls-cached",
+        "localhost",
+        lambda _: None,
+        read_cache_seconds=60.0,
+    )
+    async with service:
+        live = (await service.create_stream(StreamCreate(name="live"), rig.owner)).stream_id
+        idle = (await service.create_stream(StreamCreate(name="idle"), rig.owner)).stream_id
+        await service.start_stream(live, rig.owner)
+
+        async def counts() -> dict[str, tuple[str, int]]:
+            page = await service.list_streams(rig.owner, status=None, user_id=None, limit=20, offset=0)
+            return {s.stream_id: (s.status, s.viewer_count) for s in page.streams}
+
+        assert await counts() == {live: ("waiting", 0), idle: ("created", 0)}
+        # Viewers arrive while the page is cached: the live stream's count is read per answer.
+        for client in ("a", "b", "c"):
+            service.touch_viewer(live, client)
+        service.touch_viewer(idle, "a")  # not live: never counted
+        assert await counts() == {live: ("waiting", 3), idle: ("created", 0)}
+        # A change forgets the cached pages before its reply.
+        await service.stop_stream(live, rig.owner)
+        assert await counts() == {live: ("stopped", 0), idle: ("created", 0)}
