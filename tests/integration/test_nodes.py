@@ -178,8 +178,11 @@ def test_a_node_that_disagrees_with_the_cluster_refuses_to_start(cluster: Cluste
     ]
     for i, (env, needle) in enumerate(cases):
         srv = cluster.node(f"refused{i}", **env)
-        with pytest.raises(RuntimeError, match="server exited with 1"):
-            srv.start()
+        try:
+            with pytest.raises(RuntimeError, match="server exited with 1"):
+                srv.start()
+        finally:
+            srv.kill()  # one that started after all must not outlive the test
         assert f"cannot start: {needle}" in srv.logs()
     # A database migrated by newer code than this.
     ahead = make_server(cluster.tmp, CLUSTER_ENV, name="ahead", db="postgresql")
@@ -190,6 +193,7 @@ def test_a_node_that_disagrees_with_the_cluster_refuses_to_start(cluster: Cluste
             ahead.start()
         assert "database schema is at revision '0099_from_the_future', newer than this code" in ahead.logs()
     finally:
+        ahead.kill()
         ahead.drop_database()
     # The cluster did not notice.
     assert cluster.a.stream.get("/health").status_code == 200
