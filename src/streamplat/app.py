@@ -299,7 +299,7 @@ class Platform:
 
     def _on_remote_stream_changed(self, event: StreamChanged | RecordingReady | RecordingFailed) -> None:
         # Another node changed a stream or its recording: this node's read caches forget them.
-        self.streams.forget_row(event.stream_id)
+        self.streams.forget(event.stream_id)
         self.recordings.forget(event.stream_id)
 
     async def _open_object_store(self) -> ObjectStore | None:

@@ -65,9 +65,9 @@ class AuthService:
         self._bus = bus or EventBus()
         # Off unless given: only a cache attached to `bus` learns about changes.
         self.principals = principals or PrincipalCache(ttl_seconds=0)
-        # Pages of GET /auth/users, for as long as principals are trusted; every user change
+        # Answers of GET /auth/users, for as long as principals are trusted; every user change
         # (UserChanged, from here or relayed from another node) forgets them all.
-        self._user_pages: ReadCache[tuple[object, ...], tuple[list[User], int]] = ReadCache(
+        self._user_pages: ReadCache[tuple[object, ...], UserList] = ReadCache(
             self.principals.ttl, max_entries=1_000
         )
         self._bus.subscribe(UserChanged, self.forget_user_pages)
@@ -242,18 +242,19 @@ class AuthService:
     async def list_users(self, limit: int, offset: int, role: str | None = None) -> UserList:
         """A page of users, oldest first."""
 
-        async def load() -> tuple[list[User], int]:
-            query = select(User)
-            count = select(func.count(User.id))
-            if role:
-                query = query.where(User.role == role)
-                count = count.where(User.role == role)
+        async def load() -> UserList:
+            conditions = [User.role == role] if role else []
+            query = select(User).where(*conditions).order_by(User.id)
+            count = select(func.count(User.id)).where(*conditions)
             async with self._sessions() as session:
-                rows, total = await fetch_page(session, query.order_by(User.id), count, limit, offset)
-            return [user for (user,) in rows], total
+                rows, total = await fetch_page(session, query, count, limit, offset)
+            return UserList(
+                users=[user_out(user) for (user,) in rows], total=total, limit=limit, offset=offset
+            )
 
-        users, total = await self._user_pages.get_or_load((role, limit, offset), load) or ([], 0)
-        return UserList(users=[user_out(user) for user in users], total=total, limit=limit, offset=offset)
+        page = await self._user_pages.get_or_load((role, limit, offset), load)
+        assert page is not None  # load() always returns a page
+        return page
 
     async def update_user(self, user_id: int, data: UserUpdateIn, actor: Principal) -> UserOut:
         """Change a user's role or active flag; the last active admin cannot be demoted or deactivated."""

@@ -205,7 +205,7 @@ class StreamService:
         # moment; every change below goes through _commit, which forgets the row (readcache.py).
         self._rows: ReadCache[str, tuple[Stream, str]] = ReadCache(read_cache_seconds)
         # List pages (the summaries and the total), for as long; any stream's change forgets
-        # them all (_forget). A live stream's viewer count is filled in at answer time.
+        # them all (forget). A live stream's viewer count is filled in at answer time.
         self._pages: ReadCache[tuple[object, ...], _Page] = ReadCache(read_cache_seconds, max_entries=1_000)
         self._segment_counter = SegmentCounter()
         self._file_counts: ReadCache[str, int] = ReadCache(FILE_COUNT_SECONDS)
@@ -362,15 +362,12 @@ class StreamService:
         try:
             await session.commit()
         finally:
-            self._forget(stream_id)
+            self.forget(stream_id)
             await self._bus.publish(StreamChanged(stream_id))
 
-    def forget_row(self, stream_id: str) -> None:
-        """Drop the stream's cached row (another process changed it; see streamplat.cluster)."""
-        self._forget(stream_id)
-
-    def _forget(self, stream_id: str) -> None:
-        """The stream's row changed, appeared or went: forget it, and every cached list page."""
+    def forget(self, stream_id: str) -> None:
+        """The stream's row changed, appeared or went (here, or in another process: see
+        streamplat.cluster): forget it, and every cached list page."""
         self._rows.invalidate(stream_id)
         self._pages.clear()
 
@@ -488,8 +485,7 @@ class StreamService:
             )
 
         page = await self._pages.get_or_load((live_only, owner, status, limit, offset), load)
-        if page is None:
-            return StreamList(streams=[], total=0, limit=limit, offset=offset)
+        assert page is not None  # load() always returns a page
         count = self.viewers.count
         return StreamList(
             streams=[
@@ -517,7 +513,7 @@ class StreamService:
             rows, total = await fetch_page(
                 session, query.order_by(Stream.created_at.desc(), Stream.id), count, limit, offset
             )
-        return [(stream, username) for stream, username in rows], total
+        return rows, total
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -678,7 +674,7 @@ class StreamService:
             raise ServiceUnavailable(f"Could not stop the stream: {exc}") from None
         finally:
             # The owner changed the row: without Redis nothing else tells this node's read cache.
-            self._forget(stream_id)
+            self.forget(stream_id)
         if status == 200:
             try:
                 return msgspec.convert(reply, StreamStopped)
@@ -733,7 +729,7 @@ class StreamService:
         async def announce() -> None:
             for stream, username, staged in ended:
                 hls_dir = self.hls_dir(stream.id)
-                self._forget(stream.id)
+                self.forget(stream.id)
                 log.warning("stream=%s stopped: %s", stream.id, reason, extra={"stream_id": stream.id})
                 await self._bus.publish(StreamChanged(stream.id))
                 await self._bus.publish(StreamStatusChanged(stream.id, STOPPED, stream.user_id, reason))

@@ -97,12 +97,12 @@ class RecordingService:
         self._live_uploads = live_uploads
         self._upload_problem: str | None = None
         self._backing_off: dict[str, asyncio.Event] = {}  # uploads waiting to try again; set = now
-        # Rows and list pages read per request (a recording, the library, each file request),
+        # Rows and list pages (their answers) read per request (a recording, the library, each file request),
         # kept for a moment (readcache.py). Every change here goes through _commit; a stopped
         # stream's new row (written in the stream's transaction) and changes made elsewhere
         # arrive as events (forget).
         self._rows: ReadCache[str, tuple[Recording, str]] = ReadCache(read_cache_seconds)
-        self._pages: ReadCache[tuple[object, ...], tuple[list[tuple[Recording, str]], int]] = ReadCache(
+        self._pages: ReadCache[tuple[object, ...], RecordingList] = ReadCache(
             read_cache_seconds, max_entries=1_000
         )
 
@@ -564,31 +564,28 @@ class RecordingService:
     ) -> RecordingList:
         """A page of recordings, newest first."""
 
-        async def load() -> tuple[list[tuple[Recording, str]], int]:
-            query = select(Recording, User.username).join(User, User.id == Recording.user_id)
-            count = select(func.count(Recording.id))
-            if user_id is not None:
-                query, count = (
-                    query.where(Recording.user_id == user_id),
-                    count.where(Recording.user_id == user_id),
-                )
+        async def load() -> RecordingList:
+            conditions = [] if user_id is None else [Recording.user_id == user_id]
             if status is not None:
-                query, count = (
-                    query.where(Recording.status == status),
-                    count.where(Recording.status == status),
-                )
-            query = query.order_by(Recording.created_at.desc(), Recording.id.desc())
+                conditions.append(Recording.status == status)
+            query = (
+                select(Recording, User.username)
+                .join(User, User.id == Recording.user_id)
+                .where(*conditions)
+                .order_by(Recording.created_at.desc(), Recording.id.desc())
+            )
+            count = select(func.count(Recording.id)).where(*conditions)
             async with self._sessions() as session:
                 rows, total = await fetch_page(session, query, count, limit, offset)
-            return [(rec, username) for rec, username in rows], total
+            return RecordingList(
+                recordings=[self._out(rec, username) for rec, username in rows],
+                total=total,
+                pagination=Pagination(limit=limit, offset=offset, has_more=offset + len(rows) < total),
+            )
 
         page = await self._pages.get_or_load((user_id, status, limit, offset), load)
-        rows, total = page or ([], 0)
-        return RecordingList(
-            recordings=[self._out(rec, username) for rec, username in rows],
-            total=total,
-            pagination=Pagination(limit=limit, offset=offset, has_more=offset + len(rows) < total),
-        )
+        assert page is not None  # load() always returns a page
+        return page
 
     async def media_file(self, stream_id: str, name: str, *, head: bool = False) -> Path | str:
         """Where a ready recording's video.mp4 or thumbnail.jpg is (409 while not ready).
