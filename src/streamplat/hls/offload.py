@@ -39,7 +39,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +61,7 @@ LIVE_RETRY_MAX_SECONDS = 10.0  # a live upload waits at most this long between t
 SHUTDOWN_DRAIN_SECONDS = 2.0  # at shutdown, how long stopped streams may finish their uploads
 LAG_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 LAG_SAMPLES = 10_000  # recent lags kept for benches and tests
+SENT_KEPT = 256  # names a stream remembers as put (a writer's notice is never that far behind)
 
 _CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/iso.segment", ".m3u8": "application/vnd.apple.mpegurl"}
 
@@ -77,7 +78,13 @@ class _StreamUploads:
         self.stream_id = stream_id
         self.directory = directory
         self.limit = limit
-        self.pending: deque[tuple[str, float | None]] = deque()  # (name, monotonic time it was durable)
+        self.pending: deque[str] = deque()  # names in upload order
+        # Queued or uploading name -> monotonic time it was durable (None: found by a catch-up).
+        self.durable_at: dict[str, float | None] = {}
+        # The last SENT_KEPT names put in the store -> monotonic time it confirmed them. A catch-up
+        # may list a file the moment it is renamed into place, before the writer's notice of it
+        # reaches the loop: the name then comes twice, and the second is not uploaded again.
+        self.sent: OrderedDict[str, float] = OrderedDict()
         self.wake = asyncio.Event()
         self.catch_up = True  # list the store and queue what it lacks, once the queue is empty
         self.ending = False  # the stream stopped: upload the index after the queue, then end
@@ -86,9 +93,17 @@ class _StreamUploads:
         self.task: asyncio.Task[None] | None = None
 
     def offer(self, name: str, at: float | None) -> bool:
+        """Queue `name` unless it is queued or sent already; False if the queue is full."""
+        if name in self.sent:
+            return True
+        if name in self.durable_at:
+            if self.durable_at[name] is None:
+                self.durable_at[name] = at  # a catch-up queued it first: the lag is still measured
+            return True
         if len(self.pending) >= self.limit:
             return False
-        self.pending.append((name, at))
+        self.pending.append(name)
+        self.durable_at[name] = at
         self.wake.set()
         return True
 
@@ -163,6 +178,10 @@ class LiveOffload:
         return on_durable
 
     def _offer(self, uploads: _StreamUploads, name: str, at: float) -> None:
+        confirmed = uploads.sent.get(name)
+        if confirmed is not None:  # a catch-up uploaded it before this notice arrived
+            self._observe_lag(max(0.0, confirmed - at))
+            return
         if uploads.offer(name, at):
             return
         self.dropped += 1
@@ -208,12 +227,11 @@ class LiveOffload:
         try:
             while True:
                 if uploads.pending:
-                    name, at = uploads.pending.popleft()
-                    await self._upload(uploads, name, at)
+                    await self._upload(uploads, uploads.pending.popleft())
                 elif uploads.catch_up:
                     await self._catch_up(uploads)
                 elif uploads.ending:
-                    await self._upload(uploads, INDEX_NAME, None)
+                    await self._upload(uploads, INDEX_NAME)
                     if not uploads.pending and not uploads.catch_up:
                         break
                 else:
@@ -235,7 +253,7 @@ class LiveOffload:
             await asyncio.wait({future})
             raise
 
-    async def _upload(self, uploads: _StreamUploads, name: str, at: float | None) -> None:
+    async def _upload(self, uploads: _StreamUploads, name: str) -> None:
         """Put one file, retrying until it is stored (or gone from the disk, or we are cancelled)."""
         store = self.store
         key = store.live_key(uploads.stream_id, name)
@@ -245,6 +263,7 @@ class LiveOffload:
                     store.put_file_sync, uploads.directory / name, key, content_type(name)
                 )
             except FileNotFoundError:
+                uploads.durable_at.pop(name, None)
                 return  # the recording was made and its media removed, or the index never written
             except (ObjectStorageError, OSError) as exc:
                 self.failed += 1
@@ -277,10 +296,18 @@ class LiveOffload:
             uploads.catch_up = True  # what was dropped meanwhile
         self.uploaded += 1
         self.uploaded_bytes += size
+        now = time.monotonic()
+        at = uploads.durable_at.pop(name, None)  # (a notice may have come while it went up)
+        if name != INDEX_NAME:
+            uploads.sent[name] = now
+            if len(uploads.sent) > SENT_KEPT:
+                uploads.sent.popitem(last=False)
         if at is not None:
-            lag = time.monotonic() - at
-            self.lags.append(lag)
-            self._lag.observe(lag)
+            self._observe_lag(now - at)
+
+    def _observe_lag(self, lag: float) -> None:
+        self.lags.append(lag)
+        self._lag.observe(lag)
 
     async def _catch_up(self, uploads: _StreamUploads) -> None:
         """Queue (up to the limit) the local files the store lacks; retried while the store is down."""
@@ -304,16 +331,16 @@ class LiveOffload:
             await asyncio.sleep(delay)
             return
         uploads.failures = 0
-        queued = {n for n, _ in uploads.pending}
         missing = [
             name
             for name, size in local
             if name != INDEX_NAME
-            and name not in queued
+            and name not in uploads.durable_at
             and (stored.get(prefix + name) is None or stored[prefix + name].size != size)
         ]
         taken = 0
         for name in missing:
+            uploads.sent.pop(name, None)  # the store is the truth: one it lost is put again
             if not uploads.offer(name, None):
                 break
             taken += 1

@@ -94,6 +94,42 @@ def test_live_files_are_uploaded_as_they_become_durable(
     assert lag_count[0].value == len(offload.lags)
 
 
+def test_a_file_seen_by_a_catch_up_and_by_the_writer_is_put_once(moto: MotoServer, tmp_path: Path) -> None:
+    """A catch-up can list a file between its rename and the writer's notice of it (CI saw the
+    bytes counter run ahead of the files): the name comes twice and goes up once, lag measured."""
+    store = make_store(moto)
+    (tmp_path / "init_1.mp4").write_bytes(b"i" * 100)
+    (tmp_path / "seg_1_0.m4s").write_bytes(b"s" * 1000)
+
+    async def scenario() -> LiveOffload:
+        await store.open()
+        async with LiveOffload(store) as offload:
+            hook = offload.open("s5", tmp_path)
+            uploads = offload._streams["s5"]
+            # The first catch-up queues both files it finds on disk; the notice of one arrives
+            # while it is still queued, of the other after it went up.
+            await until(lambda: offload.uploaded >= 1, "the first file put")
+            hook("init_1.mp4")
+            hook("seg_1_0.m4s")
+            await until(lambda: offload.uploaded >= 2 and len(offload.lags) == 2, "both lags measured")
+            assert uploads.sent.keys() == {"init_1.mp4", "seg_1_0.m4s"} and not uploads.pending
+            # A file the store lost is put again by the next catch-up, not skipped as sent.
+            moto.client().delete_object(Bucket=BUCKET, Key="live/s5/seg_1_0.m4s")
+            uploads.catch_up = True
+            uploads.wake.set()
+            await until(lambda: offload.uploaded == 3, "the lost file put again")
+            assert live_objects(moto, "s5") == local_files(tmp_path)
+            await offload.discard("s5")
+            return offload
+
+    try:
+        offload = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert offload.uploaded == 3 and offload.uploaded_bytes == 100 + 1000 + 1000
+    assert all(lag >= 0 for lag in offload.lags) and len(offload.lags) == 2
+
+
 def test_outage_and_full_queue_are_counted_then_caught_up(
     moto: MotoServer, tmp_path: Path, fmp4_av: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
