@@ -106,8 +106,8 @@ def test_a_file_seen_by_a_catch_up_and_by_the_writer_is_put_once(moto: MotoServe
         async with LiveOffload(store) as offload:
             hook = offload.open("s5", tmp_path)
             uploads = offload._streams["s5"]
-            # The first catch-up queues both files it finds on disk; the notice of one arrives
-            # while it is still queued, of the other after it went up.
+            # The first catch-up queues both files it finds on disk; the notice of the first
+            # comes after it went up, of the second while it is queued, going up or just put.
             await until(lambda: offload.uploaded >= 1, "the first file put")
             hook("init_1.mp4")
             hook("seg_1_0.m4s")
