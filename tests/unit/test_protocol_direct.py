@@ -169,6 +169,34 @@ def test_an_idle_connection_after_a_direct_answer_closes_at_the_keep_alive_timeo
         assert time.monotonic() - started >= KEEP_ALIVE * 0.9
 
 
+def test_a_connection_in_use_outlives_the_keep_alive_timeout_and_closes_when_idle(port: int) -> None:
+    # The idle timer is armed once and pushed back by each direct answer, not re-armed per
+    # request: requests every 0.5 s for over twice the timeout keep the connection, and it
+    # still closes a whole timeout after the last one.
+    with connect(port) as sock:
+        reader = Reader(sock)
+        started = time.monotonic()
+        while time.monotonic() - started < KEEP_ALIVE * 2.5:
+            sock.sendall(b"GET /hls/s/fast HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert reader.response()[1][b"x-via"] == b"direct"
+            time.sleep(0.5)
+        last = time.monotonic() - 0.5
+        assert closed_by_server(sock, within=KEEP_ALIVE + 10)
+        assert time.monotonic() - last >= KEEP_ALIVE * 0.9
+
+
+def test_an_asgi_answer_after_direct_ones_keeps_uvicorns_keep_alive(port: int) -> None:
+    with connect(port) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"GET /hls/s/fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reader.response()[1][b"x-via"] == b"direct"
+        sock.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reader.response()[1][b"x-via"] == b"asgi"
+        started = time.monotonic()
+        assert closed_by_server(sock, within=KEEP_ALIVE + 10)
+        assert time.monotonic() - started >= KEEP_ALIVE * 0.9
+
+
 def test_a_client_that_does_not_read_is_not_buffered_without_bound(port: int) -> None:
     CALLS.clear()
     count = 6
