@@ -93,9 +93,8 @@ class _StreamUploads:
         self.task: asyncio.Task[None] | None = None
 
     def offer(self, name: str, at: float | None) -> bool:
-        """Queue `name` unless it is queued or sent already; False if the queue is full."""
-        if name in self.sent:
-            return True
+        """Queue `name` unless it is queued already; False if the queue is full. (Names already
+        sent never come here: the writer's notice checks `sent` first, a catch-up clears it.)"""
         if name in self.durable_at:
             if self.durable_at[name] is None:
                 self.durable_at[name] = at  # a catch-up queued it first: the lag is still measured
