@@ -107,6 +107,12 @@ class ReadCache(Generic[K, V]):
         # Shielded: a caller that goes away (client disconnected) must not cancel the others' read.
         return await asyncio.shield(pending)
 
+    async def get_or_read(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """`get_or_load` for a `load` that always returns a value (a row, a page) or raises."""
+        value = await self.get_or_load(key, load)
+        assert value is not None  # load() returns a value or raises
+        return value
+
     def _start_load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> asyncio.Future[V | None]:
         pending = asyncio.ensure_future(self._load(key, load))
         # Retrieved even if every caller went away (or none waits: a refresh ahead), so a failure
@@ -147,6 +153,4 @@ async def cached_row(
         async with sessions() as session:
             return await get(session, key)
 
-    row = await cache.get_or_load(key, load)
-    assert row is not None  # get() returns a row or raises
-    return row
+    return await cache.get_or_read(key, load)

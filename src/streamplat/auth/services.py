@@ -252,9 +252,7 @@ class AuthService:
                 users=[user_out(user) for (user,) in rows], total=total, limit=limit, offset=offset
             )
 
-        page = await self._user_pages.get_or_load((role, limit, offset), load)
-        assert page is not None  # load() always returns a page
-        return page
+        return await self._user_pages.get_or_read((role, limit, offset), load)
 
     async def update_user(self, user_id: int, data: UserUpdateIn, actor: Principal) -> UserOut:
         """Change a user's role or active flag; the last active admin cannot be demoted or deactivated."""

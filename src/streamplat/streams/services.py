@@ -484,8 +484,7 @@ class StreamService:
                 total,
             )
 
-        page = await self._pages.get_or_load((live_only, owner, status, limit, offset), load)
-        assert page is not None  # load() always returns a page
+        page = await self._pages.get_or_read((live_only, owner, status, limit, offset), load)
         count = self.viewers.count
         return StreamList(
             streams=[

@@ -583,9 +583,7 @@ class RecordingService:
                 pagination=Pagination(limit=limit, offset=offset, has_more=offset + len(rows) < total),
             )
 
-        page = await self._pages.get_or_load((user_id, status, limit, offset), load)
-        assert page is not None  # load() always returns a page
-        return page
+        return await self._pages.get_or_read((user_id, status, limit, offset), load)
 
     async def media_file(self, stream_id: str, name: str, *, head: bool = False) -> Path | str:
         """Where a ready recording's video.mp4 or thumbnail.jpg is (409 while not ready).
